@@ -1,0 +1,44 @@
+"""How the CLI reports a VfiokitError: one line (or JSON) and the error's exit code."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+
+from ..errors import VfiokitError
+
+DEBUG = False
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def report(exc: VfiokitError, as_json: bool) -> int:
+    if DEBUG:
+        traceback.print_exc()
+    if as_json:
+        print(json.dumps(exc.to_dict()))
+    else:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.remedy:
+            print(f"  remedy: {exc.remedy}", file=sys.stderr)
+    return int(exc.exit_code)
+
+
+def handled(fn: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a command: a VfiokitError becomes its report and exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except VfiokitError as exc:
+            raise typer.Exit(report(exc, bool(kwargs.get("as_json")))) from exc
+
+    return wrapper

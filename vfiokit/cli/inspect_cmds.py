@@ -1,0 +1,206 @@
+"""Read-only commands: list, show, doctor. Safe on any machine, no privileges needed."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import device as devmod
+from .. import doctor as doc
+from .. import intx, iommu
+from ..sysroot import SysRoot
+from .errors import handled
+from .output import dumps, keyvalues, table
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _matches_class(dev: devmod.PciDevice, want: str) -> bool:
+    want = want.lower().removeprefix("0x")
+    if dev.class_code is None:
+        return False
+    code = f"{dev.class_code:06x}"
+    return (dev.class_name or "") == want or code.startswith(want)
+
+
+def _matches_vendor(dev: devmod.PciDevice, want: str) -> bool:
+    want = want.lower().removeprefix("0x")
+    if dev.vendor_id is not None and f"{dev.vendor_id:04x}" == want:
+        return True
+    return bool(dev.vendor_name) and want in (dev.vendor_name or "").lower()
+
+
+def list_cmd(
+    klass: Annotated[
+        str | None,
+        typer.Option("--class", help="Class name (network, storage, ...) or hex code prefix."),
+    ] = None,
+    vendor: Annotated[str | None, typer.Option(help="Vendor ID (hex) or part of its name.")] = None,
+    driver: Annotated[str | None, typer.Option(help="Bound driver; 'none' for unbound.")] = None,
+    group: Annotated[str | None, typer.Option(help="IOMMU group number.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List PCI devices with their driver, IOMMU group and INTx line."""
+    devices = devmod.read_all(SysRoot())
+    if klass:
+        devices = [d for d in devices if _matches_class(d, klass)]
+    if vendor:
+        devices = [d for d in devices if _matches_vendor(d, vendor)]
+    if driver:
+        devices = [d for d in devices if (d.driver or "none") == driver]
+    if group:
+        devices = [d for d in devices if d.iommu_group == group]
+    if as_json:
+        typer.echo(dumps([d.to_dict() for d in devices]))
+        return
+    rows = [
+        (
+            d.address,
+            d.ids,
+            d.class_name,
+            d.driver or "none",
+            d.driver_override,
+            d.iommu_group,
+            d.irq if d.intx_pin else None,
+            " ".join(x for x in (d.vendor_name, d.device_name) if x) or None,
+        )
+        for d in devices
+    ]
+    typer.echo(
+        table(("ADDRESS", "IDS", "CLASS", "DRIVER", "OVERRIDE", "GROUP", "INTX", "NAME"), rows)
+    )
+
+
+def _show_data(sysroot: SysRoot, dev: devmod.PciDevice) -> dict[str, object]:
+    data = dev.to_dict()
+    data["iommu_group_detail"] = (
+        iommu.read_group(sysroot, dev.iommu_group).to_dict() if dev.iommu_group else None
+    )
+    data["intx_line"] = (
+        intx.read_line(sysroot, dev.irq).to_dict() if dev.intx_pin and dev.irq else None
+    )
+    return data
+
+
+def show_cmd(
+    address: Annotated[str, typer.Argument(help="PCI address, dddd:bb:dd.f or bb:dd.f.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Everything vfiokit knows about one device."""
+    sysroot = SysRoot()
+    dev = devmod.read_device(sysroot, devmod.resolve(sysroot, address))
+    data = _show_data(sysroot, dev)
+    if as_json:
+        typer.echo(dumps(data))
+        return
+
+    def caps(value: object) -> str:
+        if value is None:
+            return "unknown (config space beyond 64 bytes needs root)"
+        return "none" if value == {} else ", ".join(f"{k}={v}" for k, v in value.items())  # type: ignore[union-attr]
+
+    pairs: list[tuple[str, object]] = [
+        ("address", dev.address),
+        (
+            "ids",
+            f"{dev.ids} (subsystem {data['subsystem_vendor_id']}:{data['subsystem_device_id']})",
+        ),
+        ("name", " ".join(x for x in (dev.vendor_name, dev.device_name) if x) or None),
+        ("class", f"{data['class_code']} {dev.class_name}"),
+        ("revision", dev.revision),
+        ("driver", dev.driver or "none"),
+        ("driver_override", dev.driver_override),
+        ("iommu group", dev.iommu_group),
+        ("group members", ", ".join(dev.iommu_group_members) or None),
+        ("numa node", dev.numa_node),
+        (
+            "intx pin",
+            "none"
+            if dev.intx_pin == 0
+            else ("INT" + "ABCD"[dev.intx_pin - 1])
+            if dev.intx_pin
+            else None,
+        ),
+        ("irq", dev.irq),
+        (
+            "intx masking",
+            f"{ {True: 'yes', False: 'no', None: 'unknown'}[dev.intx_masking] } ({dev.intx_masking_reason})",
+        ),
+        ("msi", caps(dev.msi)),
+        ("msi-x", caps(dev.msix)),
+        ("reset methods", " ".join(dev.reset_methods) or None),
+        ("power state", dev.power_state),
+        ("enabled", dev.enabled),
+        (
+            "sr-iov",
+            None if dev.sriov_totalvfs is None else f"{dev.sriov_numvfs}/{dev.sriov_totalvfs} VFs",
+        ),
+        ("physfn", dev.physfn),
+        ("net", ", ".join(dev.net_interfaces) or None),
+        ("block", ", ".join(dev.block_devices) or None),
+    ]
+    typer.echo(keyvalues(pairs))
+    line = data["intx_line"]
+    if isinstance(line, dict):
+        md = line["mask_device"]
+        typer.echo("intx line:")
+        typer.echo(
+            keyvalues(
+                [
+                    ("irq", f"{line['irq']} ({line['chip']}, {line['trigger']})"),
+                    ("devices", ", ".join(line["devices"]) or None),  # type: ignore[arg-type]
+                    ("handlers", ", ".join(line["actions"]) or None),  # type: ignore[arg-type]
+                    ("shared", line["shared"]),
+                    ("interrupts", line["count"]),
+                    ("mask_device", "n/a (no genirq patch)" if md is None else int(bool(md))),
+                ],
+                indent=2,
+            )
+        )
+    grp = data["iommu_group_detail"]
+    if isinstance(grp, dict):
+        typer.echo(f"iommu group {grp['group']}: {'viable' if grp['viable'] else 'not viable'}")
+        for m in grp["members"]:  # type: ignore[attr-defined]
+            blocks = f"  <- blocks: {m['blocks']}" if m["blocks"] else ""
+            typer.echo(f"  {m['address']}  {m['driver'] or 'none'}{blocks}")
+
+
+_MARK = {
+    doc.Status.OK: "ok",
+    doc.Status.INFO: "info",
+    doc.Status.WARN: "WARN",
+    doc.Status.FAIL: "FAIL",
+}
+
+
+def doctor_cmd(
+    address: Annotated[str | None, typer.Argument(help="Also check this device.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the host (and a device) for VFIO passthrough; each problem with its remedy.
+
+    Exit code 0: all good; 10: a check failed; 11: warnings only.
+    """
+    sysroot = SysRoot()
+    addr = devmod.resolve(sysroot, address) if address else None
+    checks = doc.run(sysroot, addr)
+    code = doc.exit_code(checks)
+    if as_json:
+        typer.echo(
+            dumps({"device": addr, "checks": [c.to_dict() for c in checks], "exit_code": int(code)})
+        )
+    else:
+        for c in checks:
+            typer.echo(f"[{_MARK[c.status]:>4}] {c.title}: {c.detail}")
+            if c.remedy and c.status in (doc.Status.WARN, doc.Status.FAIL, doc.Status.INFO):
+                typer.echo(f"       remedy: {c.remedy}")
+        summary = {0: "all checks passed", 10: "some checks FAILED", 11: "passed with warnings"}
+        typer.echo(summary[int(code)])
+    raise typer.Exit(int(code))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("list")(handled(list_cmd))
+    app.command("show")(handled(show_cmd))
+    app.command("doctor")(handled(doctor_cmd))

@@ -1,0 +1,30 @@
+"""Plain-text rendering for the CLI: tables and key/value blocks. No colours, no widths
+guessed from a terminal: output is the same in a pipe and on a screen."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
+    return "\n".join(lines)
+
+
+def keyvalues(pairs: Iterable[tuple[str, object]], indent: int = 0) -> str:
+    items = [(k, "-" if v is None else str(v)) for k, v in pairs]
+    width = max((len(k) for k, _ in items), default=0)
+    pad = " " * indent
+    return "\n".join(f"{pad}{k.ljust(width)}  {v}" for k, v in items)
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False)

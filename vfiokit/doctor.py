@@ -296,6 +296,15 @@ def check_intx(sysroot: SysRoot, dev: devmod.PciDevice, patched: bool) -> Check:
         return Check("intx", "INTx line", Status.INFO, detail)
     if not dev.irq:
         return Check("intx", "INTx line", Status.INFO, "no IRQ routed to the INTx pin")
+    if dev.enabled is False:
+        return Check(
+            "intx",
+            "INTx line",
+            Status.INFO,
+            f"not enabled by any driver: IRQ {dev.irq} is the firmware's legacy routing; the "
+            "kernel assigns the real line when a driver (vfio-pci) enables the device",
+            f"check again after `vfiokit bind {dev.address}`",
+        )
     line = intx.read_line(sysroot, dev.irq)
     others = [d for d in line.devices if d != dev.address]
     handlers = [a for a, d in line.handler_devices.items() if d != dev.address]

@@ -114,12 +114,16 @@ def handler_device(sysroot: SysRoot, action: str) -> str | None:
 
 
 def irq_devices(sysroot: SysRoot) -> dict[int, list[str]]:
-    """Every PCI device with an INTx pin, grouped by its IRQ number."""
+    """Every enabled PCI device with an INTx pin, grouped by its IRQ number.
+
+    A device no driver has enabled still shows the firmware's legacy IRQ in `irq`; the
+    kernel routes it (ACPI _PRT) only when it is enabled, so such devices are left out.
+    """
     lines: dict[int, list[str]] = {}
     for bdf in sysroot.listdir("/sys/bus/pci/devices"):
         base = f"/sys/bus/pci/devices/{bdf}"
         irq = sysroot.read_int(f"{base}/irq", 10)
-        if not irq:
+        if not irq or sysroot.read_int(f"{base}/enable", 10) == 0:
             continue
         # `irq` shows the MSI vector while MSI is on; the pin tells whether INTx exists at all.
         cfg = sysroot.read_bytes(f"{base}/config", 64)

@@ -1,0 +1,165 @@
+"""Boot the test-bed guest, run one job in it, collect its status, output and dmesg."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import qemu
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_INIT = REPO / "scripts" / "vm-guest-init"
+CACHE = Path(os.environ.get("VFIOKIT_CACHE", Path.home() / ".cache" / "vfiokit"))
+
+# dmesg lines that fail a run: warnings and bugs, lockdep, the spurious-IRQ detector, genirq
+# depth errors, KASAN. Test code that provokes one on purpose must say so (allow_dmesg).
+BAD_DMESG = re.compile(
+    r"WARNING:|BUG:|possible circular locking|possible recursive locking|inconsistent lock state"
+    r"|INFO: lockdep|nobody cared|Unbalanced enable|KASAN:|general protection fault|Oops"
+    r"|Call Trace:"
+)
+
+
+@dataclass
+class Result:
+    rc: int
+    output: str
+    dmesg: str
+    console: str
+    seconds: float
+    timed_out: bool = False
+    bad_dmesg: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and not self.timed_out and not self.bad_dmesg
+
+
+def bad_dmesg_lines(dmesg: str, allow: re.Pattern[str] | None = None) -> list[str]:
+    return [
+        line
+        for line in dmesg.splitlines()
+        if BAD_DMESG.search(line) and not (allow and allow.search(line))
+    ]
+
+
+def kvm_usable(kernel: Path) -> bool:
+    """Whether a probe boot under KVM works here (cached for this host boot)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    stamp = CACHE / "kvm-probe"
+    if stamp.exists():
+        saved = stamp.read_text().split()
+        if len(saved) == 2 and saved[0] == boot_id:
+            return saved[1] == "yes"
+    res = run_job(["true"], kernel=kernel, accel="kvm", timeout=60, echo=False)
+    ok = res.rc == 0 and not res.timed_out
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(f"{boot_id} {'yes' if ok else 'no'}\n")
+    return ok
+
+
+def _cmdline(extra: str) -> str:
+    base = (
+        "console=ttyS0 root=hostroot rootfstype=9p "
+        "rootflags=trans=virtio,version=9p2000.L,cache=loose,msize=512000 ro "
+        f"init={GUEST_INIT} vfiokit.init={GUEST_INIT} vfiokit.project={REPO} vfiokit.vm=1 "
+        "panic=-1 oops=panic intel_iommu=on iommu=nopt loglevel=6 kunit.filter_glob=none"
+    )
+    return f"{base} {extra}".strip()
+
+
+def run_job(
+    argv: list[str],
+    *,
+    kernel: Path,
+    accel: str = "tcg",
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    cmdline: str = "",
+    echo: bool = True,
+    interactive: bool = False,
+    keep: Path | None = None,
+) -> Result:
+    """Boot a fresh guest, run `argv` in it (or a shell), power off; never hangs past timeout."""
+    topo = qemu.load()
+    results = Path(tempfile.mkdtemp(prefix="vfiokit-vm-"))
+    try:
+        (results / "cmd").write_text("shell\n" if interactive else "".join(a + "\n" for a in argv))
+        (results / "env").write_text("".join(f"{k}={v}\n" for k, v in (env or {}).items()))
+        shares = {"hostroot": (Path("/"), True), "project": (REPO, False), "results": (results, False)}
+        cmd = qemu.command(
+            topo, kernel=kernel, append=_cmdline(cmdline), shares=shares, accel=accel
+        )
+        start = time.monotonic()
+        if interactive:
+            proc = subprocess.run(cmd, check=False)
+            return Result(proc.returncode, "", "", "", time.monotonic() - start)
+        console: deque[str] = deque(maxlen=4000)
+        p = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+
+        def pump() -> None:
+            assert p.stdout is not None
+            for raw in p.stdout:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                console.append(line)
+                if echo:
+                    print(line, flush=True)
+
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        timed_out = False
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            p.kill()
+            p.wait()
+        t.join(timeout=5)
+        seconds = time.monotonic() - start
+        rc_text = (results / "rc").read_text().strip() if (results / "rc").exists() else ""
+        rc = int(rc_text) if rc_text.lstrip("-").isdigit() else 255
+        output = _read(results / "output.txt")
+        dmesg = _read(results / "dmesg.txt")
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            (keep / "console.log").write_text("\n".join(console) + "\n")
+            for name in ("output.txt", "dmesg.txt"):
+                if (results / name).exists():
+                    shutil.copy(results / name, keep / name)
+        res = Result(rc, output, dmesg, "\n".join(console), seconds, timed_out)
+        res.bad_dmesg = bad_dmesg_lines(dmesg or res.console)
+        return res
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
+
+
+def _read(p: Path) -> str:
+    return p.read_text(errors="replace") if p.exists() else ""
+
+
+def explain_failure(res: Result, out=sys.stderr) -> None:
+    if res.timed_out:
+        print(f"vm: the guest did not finish within its time limit ({res.seconds:.0f} s)", file=out)
+    if res.rc == 255 and not res.timed_out:
+        print("vm: the guest ended without reporting an exit status", file=out)
+    if res.bad_dmesg:
+        print("vm: the guest's kernel log has warnings or errors:", file=out)
+        for line in res.bad_dmesg[:20]:
+            print(f"  {line}", file=out)
+    if res.timed_out or res.rc == 255:
+        print("vm: last console lines:", file=out)
+        for line in res.console.splitlines()[-25:]:
+            print(f"  {line}", file=out)

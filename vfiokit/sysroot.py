@@ -65,10 +65,10 @@ class SysRoot:
 
     def link_name(self, rel: str) -> str | None:
         """The last component of a symlink's target (a driver's or a group's name)."""
-        try:
-            return os.path.basename(os.readlink(self.path(rel)))
-        except OSError:
+        path = self.path(rel)
+        if not path.is_symlink():
             return None
+        return os.path.basename(os.path.realpath(path))
 
     def stat(self, rel: str) -> os.stat_result | None:
         try:

@@ -1,0 +1,72 @@
+"""Fake hosts for the device-model, doctor and CLI tests: one function a scenario."""
+
+from __future__ import annotations
+
+from fakesys import FakeSys, msi_cap, msix_cap, pcie_cap
+
+NIC = dict(vendor=0x8086, device=0x10D3, class_code=0x020000)
+AUDIO = dict(vendor=0x8086, device=0x293E, class_code=0x040300)
+BRIDGE = dict(vendor=0x8086, device=0x2448, class_code=0x060400)
+RTL8169 = dict(vendor=0x10EC, device=0x8169, class_code=0x020000)  # broken INTx masking
+EDU = dict(vendor=0x1234, device=0x11E8, class_code=0x00FF00)
+
+
+def alone_in_group(fake: FakeSys) -> str:
+    """A PCIe NIC with MSI and MSI-X, bound to e1000e, alone in IOMMU group 7."""
+    fake.add_iommu()
+    fake.add_vfio()
+    fake.add_pci("0000:03:00.0", **NIC, driver="e1000e", group="7", irq=17,
+                 caps=[pcie_cap(), msi_cap(2), msix_cap(5, table_bar=3)])  # fmt: skip
+    fake.add_net("enp3s0", "0000:03:00.0")
+    fake.add_irq(17, "")
+    return "0000:03:00.0"
+
+
+def non_viable_group(fake: FakeSys) -> str:
+    """Group 2: a bridge (pcieport), an audio function (snd_hda_intel) and our NIC."""
+    fake.add_iommu()
+    fake.add_vfio()
+    fake.add_pci("0000:00:1c.0", **BRIDGE, driver="pcieport", group="2", irq=None, pin=0)
+    fake.add_pci("0000:00:1b.0", **AUDIO, driver="snd_hda_intel", group="2", irq=22)
+    fake.add_pci("0000:02:00.0", **NIC, driver="e1000e", group="2", irq=18, caps=[pcie_cap()])
+    return "0000:02:00.0"
+
+
+def shared_line_no_masking(fake: FakeSys) -> str:
+    """An RTL8169 (no INTx masking) on IRQ 19, shared with an e1000e that has a handler."""
+    fake.add_iommu()
+    fake.add_vfio()
+    fake.add_pci("0000:05:00.0", **RTL8169, driver="r8169", group="9", irq=19, caps=[pcie_cap()])
+    fake.add_pci("0000:06:00.0", **NIC, driver="e1000e", group="10", irq=19, caps=[pcie_cap()])
+    fake.add_net("enp6s0", "0000:06:00.0")
+    fake.add_irq(19, "enp6s0")
+    fake.set_proc_interrupts(
+        "           CPU0       CPU1\n"
+        " 19:        120        300  IR-IO-APIC  19-fasteoi   enp6s0\n"
+    )
+    return "0000:05:00.0"
+
+
+def no_iommu(fake: FakeSys) -> str:
+    fake.add_pci("0000:00:04.0", **EDU, irq=11, caps=[msi_cap()])
+    return "0000:00:04.0"
+
+
+def sriov_pf(fake: FakeSys) -> str:
+    fake.add_iommu()
+    fake.add_vfio()
+    fake.add_pci("0000:41:00.0", vendor=0x8086, device=0x1593, class_code=0x020000,
+                 driver="ice", group="30", irq=40, caps=[pcie_cap(), msix_cap(64)],
+                 sriov=(128, 2))  # fmt: skip
+    fake.add_pci("0000:41:01.0", vendor=0x8086, device=0x1889, class_code=0x020000,
+                 driver="iavf", group="31", irq=0, pin=0, caps=[pcie_cap(), msix_cap(17)],
+                 physfn="0000:41:00.0")  # fmt: skip
+    return "0000:41:00.0"
+
+
+def no_pin(fake: FakeSys) -> str:
+    fake.add_iommu()
+    fake.add_vfio()
+    fake.add_pci("0000:07:00.0", **NIC, driver=None, group="12", irq=0, pin=0,
+                 caps=[pcie_cap(), msix_cap(8)])  # fmt: skip
+    return "0000:07:00.0"

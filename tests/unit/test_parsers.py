@@ -1,0 +1,81 @@
+"""The parsers of /proc/interrupts, /sys/kernel/irq/<N>/actions and pci.ids."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vfiokit import intx, names
+
+# Read from the test-bed guest (q35, 1 vCPU) and a 2-CPU host.
+PROC_1CPU = """           CPU0       
+  0:         58  IR-IO-APIC   2-edge      timer
+ 20:          2  IR-IO-APIC  20-fasteoi   eth0, vfio-intx(0000:00:04.0), vfio-intx(0000:00:08.0)
+ 26:       1383  IR-PCI-MSIX-0000:00:1a.0   1-edge      virtio0-requests
+NMI:          0   Non-maskable interrupts
+ERR:          0
+"""
+PROC_2CPU = """           CPU0       CPU1       
+ 24:          1          0  IO-APIC   5-edge      ACPI:Ged
+ 27:          0          0  IO-APIC  22-fasteoi
+LOC:      49071      52288   Local timer interrupts
+"""
+
+
+def test_proc_interrupts() -> None:
+    p = intx.parse_proc_interrupts(PROC_1CPU)
+    assert sorted(p) == [0, 20, 26]
+    line = p[20]
+    assert line.counts == (2,) and line.chip == "IR-IO-APIC" and line.hwirq_type == "20-fasteoi"
+    assert line.actions == ("eth0", "vfio-intx(0000:00:04.0)", "vfio-intx(0000:00:08.0)")
+    q = intx.parse_proc_interrupts(PROC_2CPU)
+    assert q[24].total == 1 and q[24].actions == ("ACPI:Ged",)
+    assert q[27].actions == ()
+
+
+def test_actions_and_vfio_names() -> None:
+    assert intx.parse_actions("eth0,vfio-intx(0000:00:04.0)\n") == (
+        "eth0",
+        "vfio-intx(0000:00:04.0)",
+    )
+    assert intx.parse_actions("") == ()
+    assert intx.vfio_handler_device("vfio-intx(0000:00:04.0)") == "0000:00:04.0"
+    assert intx.vfio_handler_device("vfiokit-intx(0000:00:06.0)") == "0000:00:06.0"
+    assert intx.vfio_handler_device("eth0") is None
+
+
+PCI_IDS = """# comment
+8086  Intel Corporation
+\t100e  82540EM Gigabit Ethernet Controller
+\t\t8086 001e  PRO/1000 MT Desktop Adapter
+1234  Technical Corp.
+\t11e8  QEMU edu device
+zzzz  broken line
+C 02  Network controller
+\t00  Ethernet controller
+"""
+
+
+def test_pci_ids() -> None:
+    vendors, devices = names.parse_pci_ids(PCI_IDS)
+    assert vendors == {0x8086: "Intel Corporation", 0x1234: "Technical Corp."}
+    assert devices[(0x8086, 0x100E)] == "82540EM Gigabit Ethernet Controller"
+    assert devices[(0x1234, 0x11E8)] == "QEMU edu device"
+    assert len(devices) == 2  # subsystems and classes are not devices
+
+
+@given(st.text(max_size=2000))
+def test_proc_interrupts_never_raises(text: str) -> None:
+    for irq, line in intx.parse_proc_interrupts(text).items():
+        assert irq >= 0 and all(c >= 0 for c in line.counts)
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_characters=",\n"), max_size=12), max_size=6))
+def test_actions_roundtrip(handlers: list[str]) -> None:
+    cleaned = [h.strip() for h in handlers if h.strip()]
+    assert intx.parse_actions(",".join(handlers)) == tuple(cleaned)
+
+
+@given(st.text(max_size=2000))
+def test_pci_ids_never_raises(text: str) -> None:
+    vendors, devices = names.parse_pci_ids(text)
+    assert all(0 <= v for v in vendors)
+    assert all(v in vendors for v, _ in devices)

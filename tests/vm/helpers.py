@@ -1,0 +1,183 @@
+"""Small, test-only VFIO and binding helpers for the VM tests of the test bed itself.
+
+These use the stdlib only (fcntl, struct, os) with the ioctl numbers and layouts of
+../shared/docs/kernel-reference.md §4, so that the test bed is proven independently of
+the vfiokit API that is built on top of it. Every function writes to sysfs: they are only
+ever called from tests/vm, whose conftest refuses to run outside the test VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import select
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+PCI = Path("/sys/bus/pci")
+
+VFIO_GET_API_VERSION = 0x3B64
+VFIO_CHECK_EXTENSION = 0x3B65
+VFIO_SET_IOMMU = 0x3B66
+VFIO_GROUP_GET_STATUS = 0x3B67
+VFIO_GROUP_SET_CONTAINER = 0x3B68
+VFIO_GROUP_GET_DEVICE_FD = 0x3B6A
+VFIO_DEVICE_GET_REGION_INFO = 0x3B6C
+VFIO_DEVICE_GET_IRQ_INFO = 0x3B6D
+VFIO_DEVICE_SET_IRQS = 0x3B6E
+VFIO_TYPE1v2_IOMMU = 3
+
+IRQ_SET_DATA_NONE = 1
+IRQ_SET_DATA_EVENTFD = 4
+IRQ_SET_ACTION_MASK = 8
+IRQ_SET_ACTION_UNMASK = 0x10
+IRQ_SET_ACTION_TRIGGER = 0x20
+INTX = 0
+
+EDU_IRQ_STATUS = 0x24
+EDU_IRQ_RAISE = 0x60
+EDU_IRQ_ACK = 0x64
+
+
+def driver_of(bdf: str) -> str | None:
+    link = PCI / "devices" / bdf / "driver"
+    return os.path.basename(os.readlink(link)) if link.is_symlink() else None
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def bind(bdf: str, driver: str) -> None:
+    """Bind through driver_override; the override is cleared again afterwards."""
+    dev = PCI / "devices" / bdf
+    if driver_of(bdf) == driver:
+        return
+    if driver_of(bdf):
+        _write(dev / "driver" / "unbind", bdf)
+    _write(dev / "driver_override", driver)
+    try:
+        _write(PCI / "drivers_probe", bdf)
+    finally:
+        _write(dev / "driver_override", "\n")
+    if driver_of(bdf) != driver:
+        raise RuntimeError(f"{bdf} did not bind to {driver} (driver now {driver_of(bdf)})")
+
+
+def unbind(bdf: str) -> None:
+    if driver_of(bdf):
+        _write(PCI / "devices" / bdf / "driver" / "unbind", bdf)
+
+
+@contextlib.contextmanager
+def bound(bdf: str, driver: str) -> Iterator[None]:
+    before = driver_of(bdf)
+    bind(bdf, driver)
+    try:
+        yield
+    finally:
+        unbind(bdf)
+        if before:
+            bind(bdf, before)
+
+
+def group_of(bdf: str) -> str:
+    return os.path.basename(os.readlink(PCI / "devices" / bdf / "iommu_group"))
+
+
+class VfioDevice:
+    """A device opened through the legacy container/group uAPI, with BAR0 mmapped."""
+
+    def __init__(self, bdf: str):
+        self.bdf = bdf
+        self.container = os.open("/dev/vfio/vfio", os.O_RDWR | os.O_CLOEXEC)
+        self.group = os.open(f"/dev/vfio/{group_of(bdf)}", os.O_RDWR | os.O_CLOEXEC)
+        assert fcntl.ioctl(self.container, VFIO_GET_API_VERSION) == 0
+        assert fcntl.ioctl(self.container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) > 0
+        status = bytearray(struct.pack("II", 8, 0))
+        fcntl.ioctl(self.group, VFIO_GROUP_GET_STATUS, status, True)
+        assert struct.unpack("II", status)[1] & 1, "group not viable"
+        fcntl.ioctl(self.group, VFIO_GROUP_SET_CONTAINER, struct.pack("i", self.container))
+        fcntl.ioctl(self.container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)
+        self.fd = fcntl.ioctl(self.group, VFIO_GROUP_GET_DEVICE_FD, bytearray(bdf.encode() + b"\0"), True)
+        self.efd: int | None = None
+        info = bytearray(struct.pack("IIIIQQ", 32, 0, 0, 0, 0, 0))
+        fcntl.ioctl(self.fd, VFIO_DEVICE_GET_REGION_INFO, info, True)
+        _, flags, _, _, size, offset = struct.unpack("IIIIQQ", info)
+        self.bar0 = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                              offset=offset)  # fmt: skip
+        self.bar0_view = memoryview(self.bar0).cast("I")
+
+    def read32(self, off: int) -> int:
+        return self.bar0_view[off // 4]
+
+    def write32(self, off: int, value: int) -> None:
+        self.bar0_view[off // 4] = value
+
+    def irq_info(self, index: int = INTX) -> tuple[int, int]:
+        buf = bytearray(struct.pack("IIII", 16, 0, index, 0))
+        fcntl.ioctl(self.fd, VFIO_DEVICE_GET_IRQ_INFO, buf, True)
+        _, flags, _, count = struct.unpack("IIII", buf)
+        return flags, count
+
+    def enable_intx(self) -> int:
+        self.efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        arg = struct.pack("5Ii", 24, IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, INTX, 0, 1,
+                          self.efd)  # fmt: skip
+        fcntl.ioctl(self.fd, VFIO_DEVICE_SET_IRQS, arg)
+        return self.efd
+
+    def unmask_intx(self) -> None:
+        arg = struct.pack("5I", 20, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK, INTX, 0, 1)
+        fcntl.ioctl(self.fd, VFIO_DEVICE_SET_IRQS, arg)
+
+    def disable_intx(self) -> None:
+        arg = struct.pack("5I", 20, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, INTX, 0, 0)
+        fcntl.ioctl(self.fd, VFIO_DEVICE_SET_IRQS, arg)
+
+    def wait_irq(self, timeout: float = 2.0) -> int:
+        """Read the eventfd: the number of interrupts signalled (0 on time-out)."""
+        assert self.efd is not None
+        r, _, _ = select.select([self.efd], [], [], timeout)
+        if not r:
+            return 0
+        return int.from_bytes(os.read(self.efd, 8), "little")
+
+    def close(self) -> None:
+        if self.efd is not None:
+            with contextlib.suppress(OSError):
+                self.disable_intx()
+            os.close(self.efd)
+            self.efd = None
+        self.bar0_view.release()
+        self.bar0.close()
+        for fd in (self.fd, self.group, self.container):
+            os.close(fd)
+
+    def __enter__(self) -> VfioDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def irq_count(irq: int) -> int:
+    for line in Path("/proc/interrupts").read_text().splitlines()[1:]:
+        label, _, rest = line.partition(":")
+        if label.strip() == str(irq):
+            return sum(int(t) for t in rest.split() if t.isdigit())
+    return 0
+
+
+def wait_for(pred, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return bool(pred())

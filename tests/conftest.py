@@ -6,7 +6,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fakesys
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # vmlib
 
-from fakesys import FakeSys  # noqa: E402
+from fakesys import FakeSys
 
 
 @pytest.fixture

@@ -159,8 +159,7 @@ class FakeSys:
         (self.root / f"sys/class/iommu/{unit}").mkdir(parents=True, exist_ok=True)
         chip = "IR-IO-APIC" if remapping else "IO-APIC"
         self.set_proc_interrupts(
-            "           CPU0       CPU1\n"
-            f"  4:         16          0  {chip}   4-edge      ttyS0\n"
+            f"           CPU0       CPU1\n  4:         16          0  {chip}   4-edge      ttyS0\n"
         )
 
     def add_vfio(self) -> None:

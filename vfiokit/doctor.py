@@ -7,7 +7,7 @@ import os
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from . import device as devmod
 from . import intx, iommu
@@ -17,7 +17,7 @@ from .sysroot import SysRoot
 MEMLOCK_WANTED = 64 << 20  # enough for a small userspace driver; a VM needs its RAM size
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     OK = "ok"
     INFO = "info"
     WARN = "warn"
@@ -181,7 +181,8 @@ def check_dev_vfio(sysroot: SysRoot) -> Check:
             "dev_vfio",
             "/dev/vfio",
             Status.OK,
-            f"container node usable; {len(usable)} of {len(groups)} group nodes usable by this user",
+            f"container node usable; {len(usable)} of {len(groups)} group nodes usable by "
+            "this user",
         )
     return Check(
         "dev_vfio",

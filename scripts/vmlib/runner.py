@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -95,9 +96,13 @@ def run_job(
     topo = qemu.load()
     results = Path(tempfile.mkdtemp(prefix="vfiokit-vm-"))
     try:
-        (results / "cmd").write_text("shell\n" if interactive else "".join(a + "\n" for a in argv))
+        (results / "cmd").write_text("shell\n" if interactive else "exec " + shlex.join(argv) + "\n")
         (results / "env").write_text("".join(f"{k}={v}\n" for k, v in (env or {}).items()))
-        shares = {"hostroot": (Path("/"), True), "project": (REPO, False), "results": (results, False)}
+        shares = {
+            "hostroot": (Path("/"), True),
+            "project": (REPO, False),
+            "results": (results, False),
+        }
         cmd = qemu.command(
             topo, kernel=kernel, append=_cmdline(cmdline), shares=shares, accel=accel
         )

@@ -41,8 +41,7 @@ def shared_line_no_masking(fake: FakeSys) -> str:
     fake.add_net("enp6s0", "0000:06:00.0")
     fake.add_irq(19, "enp6s0")
     fake.set_proc_interrupts(
-        "           CPU0       CPU1\n"
-        " 19:        120        300  IR-IO-APIC  19-fasteoi   enp6s0\n"
+        "           CPU0       CPU1\n 19:        120        300  IR-IO-APIC  19-fasteoi   enp6s0\n"
     )
     return "0000:05:00.0"
 

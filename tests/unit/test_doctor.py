@@ -1,6 +1,7 @@
 import resource
 
 from fakesys import FakeSys
+
 from unit import scenarios
 from vfiokit import ExitCode, SysRoot
 from vfiokit import doctor as doc

@@ -6,14 +6,14 @@ from hypothesis import strategies as st
 from vfiokit import intx, names
 
 # Read from the test-bed guest (q35, 1 vCPU) and a 2-CPU host.
-PROC_1CPU = """           CPU0       
+PROC_1CPU = "           CPU0       \n" + """\
   0:         58  IR-IO-APIC   2-edge      timer
  20:          2  IR-IO-APIC  20-fasteoi   eth0, vfio-intx(0000:00:04.0), vfio-intx(0000:00:08.0)
  26:       1383  IR-PCI-MSIX-0000:00:1a.0   1-edge      virtio0-requests
 NMI:          0   Non-maskable interrupts
 ERR:          0
 """
-PROC_2CPU = """           CPU0       CPU1       
+PROC_2CPU = "           CPU0       CPU1       \n" + """\
  24:          1          0  IO-APIC   5-edge      ACPI:Ged
  27:          0          0  IO-APIC  22-fasteoi
 LOC:      49071      52288   Local timer interrupts
@@ -68,7 +68,9 @@ def test_proc_interrupts_never_raises(text: str) -> None:
         assert irq >= 0 and all(c >= 0 for c in line.counts)
 
 
-@given(st.lists(st.text(alphabet=st.characters(blacklist_characters=",\n"), max_size=12), max_size=6))
+@given(
+    st.lists(st.text(alphabet=st.characters(blacklist_characters=",\n"), max_size=12), max_size=6)
+)
 def test_actions_roundtrip(handlers: list[str]) -> None:
     cleaned = [h.strip() for h in handlers if h.strip()]
     assert intx.parse_actions(",".join(handlers)) == tuple(cleaned)
@@ -77,5 +79,5 @@ def test_actions_roundtrip(handlers: list[str]) -> None:
 @given(st.text(max_size=2000))
 def test_pci_ids_never_raises(text: str) -> None:
     vendors, devices = names.parse_pci_ids(text)
-    assert all(0 <= v for v in vendors)
+    assert all(v >= 0 for v in vendors)
     assert all(v in vendors for v, _ in devices)

@@ -23,7 +23,9 @@ def in_test_vm() -> tuple[bool, str]:
         return False, f"kernel {release} is not the test bed's"
     if "root=hostroot" not in cmdline:
         return False, "root is not the test bed's 9p share"
-    if not any(line.startswith("project ") for line in Path("/proc/mounts").read_text().splitlines()):
+    if not any(
+        line.startswith("project ") for line in Path("/proc/mounts").read_text().splitlines()
+    ):
         return False, "the project share is not mounted"
     return True, "in the vfiokit test VM"
 

@@ -104,11 +104,13 @@ class VfioDevice:
         assert struct.unpack("II", status)[1] & 1, "group not viable"
         fcntl.ioctl(self.group, VFIO_GROUP_SET_CONTAINER, struct.pack("i", self.container))
         fcntl.ioctl(self.container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)
-        self.fd = fcntl.ioctl(self.group, VFIO_GROUP_GET_DEVICE_FD, bytearray(bdf.encode() + b"\0"), True)
+        self.fd = fcntl.ioctl(
+            self.group, VFIO_GROUP_GET_DEVICE_FD, bytearray(bdf.encode() + b"\0"), True
+        )
         self.efd: int | None = None
         info = bytearray(struct.pack("IIIIQQ", 32, 0, 0, 0, 0, 0))
         fcntl.ioctl(self.fd, VFIO_DEVICE_GET_REGION_INFO, info, True)
-        _, flags, _, _, size, offset = struct.unpack("IIIIQQ", info)
+        _, _flags, _, _, size, offset = struct.unpack("IIIIQQ", info)
         self.bar0 = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
                               offset=offset)  # fmt: skip
         self.bar0_view = memoryview(self.bar0).cast("I")

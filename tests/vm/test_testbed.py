@@ -6,9 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import helpers as h
+import pytest
 
 IDS = {"edu": (0x1234, 0x11E8), "e1000": (0x8086, 0x100E)}
 

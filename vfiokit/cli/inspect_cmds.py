@@ -13,6 +13,7 @@ from ..sysroot import SysRoot
 from .errors import handled
 from .output import dumps, keyvalues, table
 
+_YES_NO = {True: "yes", False: "no", None: "unknown"}
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
@@ -125,7 +126,7 @@ def show_cmd(
         ("irq", dev.irq),
         (
             "intx masking",
-            f"{ {True: 'yes', False: 'no', None: 'unknown'}[dev.intx_masking] } ({dev.intx_masking_reason})",
+            f"{_YES_NO[dev.intx_masking]} ({dev.intx_masking_reason})",
         ),
         ("msi", caps(dev.msi)),
         ("msi-x", caps(dev.msix)),

@@ -75,7 +75,7 @@ def _cmdline(extra: str) -> str:
         "console=ttyS0 root=hostroot rootfstype=9p "
         "rootflags=trans=virtio,version=9p2000.L,cache=loose,msize=512000 ro "
         f"init={GUEST_INIT} vfiokit.init={GUEST_INIT} vfiokit.project={REPO} vfiokit.vm=1 "
-        "panic=-1 oops=panic intel_iommu=on iommu=nopt loglevel=6 kunit.filter_glob=none"
+        "panic=-1 oops=panic intel_iommu=on iommu=nopt loglevel=6 kunit.enable=1 kunit.filter_glob=irq_mask_device"
     )
     return f"{base} {extra}".strip()
 
@@ -96,8 +96,11 @@ def run_job(
     topo = qemu.load()
     results = Path(tempfile.mkdtemp(prefix="vfiokit-vm-"))
     try:
-        (results / "cmd").write_text("shell\n" if interactive else "exec " + shlex.join(argv) + "\n")
-        (results / "env").write_text("".join(f"{k}={v}\n" for k, v in (env or {}).items()))
+        (results / "cmd").write_text(
+            "shell\n" if interactive else "exec " + shlex.join(argv) + "\n"
+        )
+        env = {"VFIOKIT_KERNEL_OUT": str(kernel.parent), **(env or {})}
+        (results / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         shares = {
             "hostroot": (Path("/"), True),
             "project": (REPO, False),

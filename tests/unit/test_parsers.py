@@ -6,18 +6,24 @@ from hypothesis import strategies as st
 from vfiokit import intx, names
 
 # Read from the test-bed guest (q35, 1 vCPU) and a 2-CPU host.
-PROC_1CPU = "           CPU0       \n" + """\
+PROC_1CPU = (
+    "           CPU0       \n"
+    + """\
   0:         58  IR-IO-APIC   2-edge      timer
  20:          2  IR-IO-APIC  20-fasteoi   eth0, vfio-intx(0000:00:04.0), vfio-intx(0000:00:08.0)
  26:       1383  IR-PCI-MSIX-0000:00:1a.0   1-edge      virtio0-requests
 NMI:          0   Non-maskable interrupts
 ERR:          0
 """
-PROC_2CPU = "           CPU0       CPU1       \n" + """\
+)
+PROC_2CPU = (
+    "           CPU0       CPU1       \n"
+    + """\
  24:          1          0  IO-APIC   5-edge      ACPI:Ged
  27:          0          0  IO-APIC  22-fasteoi
 LOC:      49071      52288   Local timer interrupts
 """
+)
 
 
 def test_proc_interrupts() -> None:

@@ -38,6 +38,16 @@ IRQ_SET_ACTION_UNMASK = 0x10
 IRQ_SET_ACTION_TRIGGER = 0x20
 INTX = 0
 
+VFIO_DEVICE_FEATURE = 0x3B75
+VFIO_DEVICE_FEATURE_GET = 1 << 16
+VFIOKIT_FEATURE_INTX_STATE = 0xFA00
+INTX_STATE = struct.Struct("8IQQ")  # kmod/vfiokit_pci/vfiokit_pci_uapi.h
+INTX_STATE_FIELDS = ("version", "mode", "irq", "mask_device", "line_held", "dev_masked",
+                     "masked", "reserved", "line_count", "device_count")  # fmt: skip
+CONFIG_REGION = 7
+PCI_COMMAND = 4
+COMMAND_INTX_DISABLE = 0x400
+
 EDU_IRQ_STATUS = 0x24
 EDU_IRQ_RAISE = 0x60
 EDU_IRQ_ACK = 0x64
@@ -141,6 +151,37 @@ class VfioDevice:
     def disable_intx(self) -> None:
         arg = struct.pack("5I", 20, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, INTX, 0, 0)
         fcntl.ioctl(self.fd, VFIO_DEVICE_SET_IRQS, arg)
+
+    def intx_state(self) -> dict[str, int]:
+        """vfiokit-pci's private INTx state feature."""
+        buf = bytearray(
+            struct.pack(
+                "II", 8 + INTX_STATE.size, VFIO_DEVICE_FEATURE_GET | VFIOKIT_FEATURE_INTX_STATE
+            )
+        )
+        buf += bytes(INTX_STATE.size)
+        fcntl.ioctl(self.fd, VFIO_DEVICE_FEATURE, buf, True)
+        return dict(zip(INTX_STATE_FIELDS, INTX_STATE.unpack_from(buf, 8), strict=True))
+
+    def config_offset(self) -> int:
+        info = bytearray(struct.pack("IIIIQQ", 32, 0, CONFIG_REGION, 0, 0, 0))
+        fcntl.ioctl(self.fd, VFIO_DEVICE_GET_REGION_INFO, info, True)
+        return struct.unpack("IIIIQQ", info)[5]
+
+    def read_command(self) -> int:
+        return int.from_bytes(os.pread(self.fd, 2, self.config_offset() + PCI_COMMAND), "little")
+
+    def write_command(self, value: int) -> None:
+        os.pwrite(self.fd, value.to_bytes(2, "little"), self.config_offset() + PCI_COMMAND)
+
+    def unmask_by_config(self) -> None:
+        """The device-level unmask of DESIGN.md: clear INTx Disable in the command register."""
+        self.write_command(self.read_command() & ~COMMAND_INTX_DISABLE)
+
+    def set_irqs_raw(self, argsz: int, flags: int, index: int, start: int, count: int,
+                     data: bytes = b"") -> None:  # fmt: skip
+        fcntl.ioctl(self.fd, VFIO_DEVICE_SET_IRQS,
+                    struct.pack("5I", argsz, flags, index, start, count) + data)  # fmt: skip
 
     def wait_irq(self, timeout: float = 2.0) -> int:
         """Read the eventfd: the number of interrupts signalled (0 on time-out)."""

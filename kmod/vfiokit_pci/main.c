@@ -1,0 +1,339 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * vfiokit-pci: a VFIO PCI variant driver with adaptive INTx masking.
+ *
+ * Everything but INTx is vfio_pci_core's. This file holds the small wrappers
+ * that route INTx to intx.c and keep the core's own INTx code out of the way:
+ * the core's pci_2_3 is cleared after enabling so that the core never touches
+ * INTx Disable behind our back, and its irq_type stays "none" while our INTx
+ * is on, so MSI/MSI-X are gated here.
+ *
+ * Bind with: echo vfiokit-pci > /sys/bus/pci/devices/<BDF>/driver_override
+ */
+
+#include <linux/module.h>
+#include <linux/pci.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/vfio.h>
+
+#include "vfiokit_pci.h"
+
+#define VFIOKIT_PCI_VERSION "0.1.0"
+
+static int vfiokit_pci_init_dev(struct vfio_device *core_vdev)
+{
+	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
+	int ret;
+
+	ret = vfio_pci_core_init_dev(core_vdev);
+	if (ret)
+		return ret;
+	mutex_init(&kdev->intx_lock);
+	spin_lock_init(&kdev->lock);
+	return 0;
+}
+
+static void vfiokit_pci_release_dev(struct vfio_device *core_vdev)
+{
+	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
+
+	mutex_destroy(&kdev->intx_lock);
+	vfio_pci_core_release_dev(core_vdev);
+}
+
+static int vfiokit_pci_open_device(struct vfio_device *core_vdev)
+{
+	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
+	struct vfio_pci_core_device *vdev = &kdev->core;
+	int ret;
+
+	ret = vfio_pci_core_enable(vdev);
+	if (ret)
+		return ret;
+
+	/* From here on intx.c alone owns the device's INTx Disable bit. */
+	kdev->pci_2_3 = vdev->pci_2_3;
+	vdev->pci_2_3 = false;
+	kdev->line_count = 0;
+	kdev->device_count = 0;
+
+	vfio_pci_core_finish_enable(vdev);
+	return 0;
+}
+
+static void vfiokit_pci_close_device(struct vfio_device *core_vdev)
+{
+	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
+
+	mutex_lock(&kdev->intx_lock);
+	vfiokit_intx_disable(kdev);
+	mutex_unlock(&kdev->intx_lock);
+	vfio_pci_core_close_device(core_vdev);
+}
+
+static int vfiokit_pci_set_irqs(struct vfiokit_pci_device *kdev,
+				struct vfio_irq_set __user *arg)
+{
+	unsigned long minsz = offsetofend(struct vfio_irq_set, count);
+	struct vfio_irq_set hdr;
+	size_t data_size = 0;
+	u8 *data = NULL;
+	int max, ret;
+
+	if (copy_from_user(&hdr, arg, minsz))
+		return -EFAULT;
+
+	if (hdr.index != VFIO_PCI_INTX_IRQ_INDEX) {
+		mutex_lock(&kdev->intx_lock);
+		if (kdev->enabled &&
+		    (hdr.index == VFIO_PCI_MSI_IRQ_INDEX ||
+		     hdr.index == VFIO_PCI_MSIX_IRQ_INDEX))
+			ret = -EINVAL;	/* one interrupt type at a time */
+		else
+			ret = vfio_pci_core_ioctl(&kdev->core.vdev,
+						  VFIO_DEVICE_SET_IRQS,
+						  (unsigned long)arg);
+		mutex_unlock(&kdev->intx_lock);
+		return ret;
+	}
+
+	/* As the core counts INTx: none when the pin is hidden. */
+	max = kdev->core.vconfig[PCI_INTERRUPT_PIN] ? 1 : 0;
+	ret = vfio_set_irqs_validate_and_prepare(&hdr, max, VFIO_PCI_NUM_IRQS,
+						 &data_size);
+	if (ret)
+		return ret;
+	if (data_size) {
+		data = memdup_user(&arg->data, data_size);
+		if (IS_ERR(data))
+			return PTR_ERR(data);
+	}
+
+	mutex_lock(&kdev->intx_lock);
+	ret = vfiokit_intx_set_irqs(kdev, hdr.flags, hdr.start, hdr.count, data);
+	mutex_unlock(&kdev->intx_lock);
+	kfree(data);
+	return ret;
+}
+
+static long vfiokit_pci_ioctl(struct vfio_device *core_vdev, unsigned int cmd,
+			      unsigned long arg)
+{
+	if (cmd == VFIO_DEVICE_SET_IRQS)
+		return vfiokit_pci_set_irqs(to_kdev(core_vdev),
+					    (void __user *)arg);
+	return vfio_pci_core_ioctl(core_vdev, cmd, arg);
+}
+
+static int vfiokit_pci_device_feature(struct vfio_device *core_vdev, u32 flags,
+				      void __user *arg, size_t argsz)
+{
+	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
+	struct vfiokit_intx_state st;
+	int ret;
+
+	switch (flags & VFIO_DEVICE_FEATURE_MASK) {
+	case VFIOKIT_DEVICE_FEATURE_INTX_STATE:
+		ret = vfio_check_feature(flags, argsz, VFIO_DEVICE_FEATURE_GET,
+					 sizeof(st));
+		if (ret != 1)
+			return ret;
+		vfiokit_intx_state(kdev, &st);
+		return copy_to_user(arg, &st, sizeof(st)) ? -EFAULT : 0;
+	case VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY:
+	case VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP:
+		/* The core's runtime PM only knows how to mask its own INTx. */
+		if (READ_ONCE(kdev->enabled))
+			return -EBUSY;
+		fallthrough;
+	default:
+		return vfio_pci_core_ioctl_feature(core_vdev, flags, arg, argsz);
+	}
+}
+
+/*
+ * Writes to the command register reach the core, which emulates INTx Disable
+ * (virq_disabled) and read-modify-writes the other bits of the physical
+ * register. Keep our handler, which may set INTx Disable, off the register
+ * meanwhile, then apply the virtual bit: set masks, clear unmasks (the
+ * device-level unmask of a user space driver).
+ */
+static ssize_t vfiokit_pci_write(struct vfio_device *core_vdev,
+				 const char __user *buf, size_t count,
+				 loff_t *ppos)
+{
+	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
+	unsigned int index = VFIO_PCI_OFFSET_TO_INDEX(*ppos);
+	loff_t pos = *ppos & VFIO_PCI_OFFSET_MASK;
+	ssize_t ret;
+
+	if (index != VFIO_PCI_CONFIG_REGION_INDEX ||
+	    pos > PCI_COMMAND + 1 || pos + count <= PCI_COMMAND)
+		return vfio_pci_core_write(core_vdev, buf, count, ppos);
+
+	mutex_lock(&kdev->intx_lock);
+	if (kdev->enabled)
+		disable_irq(kdev->irq);
+	ret = vfio_pci_core_write(core_vdev, buf, count, ppos);
+	if (kdev->enabled)
+		enable_irq(kdev->irq);
+	if (ret > 0) {
+		if (kdev->core.virq_disabled)
+			vfiokit_intx_mask(kdev);
+		else
+			vfiokit_intx_unmask(kdev);
+	}
+	mutex_unlock(&kdev->intx_lock);
+	return ret;
+}
+
+static const struct vfio_device_ops vfiokit_pci_ops = {
+	.name		= "vfiokit-pci",
+	.init		= vfiokit_pci_init_dev,
+	.release	= vfiokit_pci_release_dev,
+	.open_device	= vfiokit_pci_open_device,
+	.close_device	= vfiokit_pci_close_device,
+	.ioctl		= vfiokit_pci_ioctl,
+	.device_feature	= vfiokit_pci_device_feature,
+	.read		= vfio_pci_core_read,
+	.write		= vfiokit_pci_write,
+	.mmap		= vfio_pci_core_mmap,
+	.request	= vfio_pci_core_request,
+	.match		= vfio_pci_core_match,
+	.bind_iommufd	= vfio_iommufd_physical_bind,
+	.unbind_iommufd	= vfio_iommufd_physical_unbind,
+	.attach_ioas	= vfio_iommufd_physical_attach_ioas,
+	.detach_ioas	= vfio_iommufd_physical_detach_ioas,
+};
+
+/* sysfs: /sys/bus/pci/devices/<BDF>/vfiokit/ */
+
+static void vfiokit_pci_read_state(struct device *dev,
+				   struct vfiokit_intx_state *st)
+{
+	struct vfio_pci_core_device *vdev = dev_get_drvdata(dev);
+
+	vfiokit_intx_state(container_of(vdev, struct vfiokit_pci_device, core),
+			   st);
+}
+
+static ssize_t intx_mode_show(struct device *dev,
+			      struct device_attribute *attr, char *buf)
+{
+	struct vfiokit_intx_state st;
+	const char *mode;
+
+	vfiokit_pci_read_state(dev, &st);
+	if (st.mode == VFIOKIT_INTX_OFF)
+		mode = "off";
+	else if (st.mode == VFIOKIT_INTX_EXCLUSIVE)
+		mode = "exclusive";
+	else
+		mode = st.mask_device ? "device" : "line";
+	return sysfs_emit(buf, "%s\n", mode);
+}
+static DEVICE_ATTR_RO(intx_mode);
+
+static ssize_t mask_device_show(struct device *dev,
+				struct device_attribute *attr, char *buf)
+{
+	struct vfiokit_intx_state st;
+
+	vfiokit_pci_read_state(dev, &st);
+	return sysfs_emit(buf, "%u\n", st.mask_device);
+}
+static DEVICE_ATTR_RO(mask_device);
+
+static ssize_t masked_show(struct device *dev, struct device_attribute *attr,
+			   char *buf)
+{
+	struct vfiokit_intx_state st;
+
+	vfiokit_pci_read_state(dev, &st);
+	return sysfs_emit(buf, "line_held=%u dev_masked=%u masked=%u\n",
+			  st.line_held, st.dev_masked, st.masked);
+}
+static DEVICE_ATTR_RO(masked);
+
+static ssize_t counts_show(struct device *dev, struct device_attribute *attr,
+			   char *buf)
+{
+	struct vfiokit_intx_state st;
+
+	vfiokit_pci_read_state(dev, &st);
+	return sysfs_emit(buf, "line=%llu device=%llu\n", st.line_count,
+			  st.device_count);
+}
+static DEVICE_ATTR_RO(counts);
+
+static struct attribute *vfiokit_pci_attrs[] = {
+	&dev_attr_intx_mode.attr,
+	&dev_attr_mask_device.attr,
+	&dev_attr_masked.attr,
+	&dev_attr_counts.attr,
+	NULL
+};
+
+static const struct attribute_group vfiokit_pci_group = {
+	.name	= "vfiokit",
+	.attrs	= vfiokit_pci_attrs,
+};
+
+static const struct attribute_group *vfiokit_pci_groups[] = {
+	&vfiokit_pci_group,
+	NULL
+};
+
+static int vfiokit_pci_probe(struct pci_dev *pdev,
+			     const struct pci_device_id *id)
+{
+	struct vfiokit_pci_device *kdev;
+	int ret;
+
+	kdev = vfio_alloc_device(vfiokit_pci_device, core.vdev, &pdev->dev,
+				 &vfiokit_pci_ops);
+	if (IS_ERR(kdev))
+		return PTR_ERR(kdev);
+
+	dev_set_drvdata(&pdev->dev, &kdev->core);
+	ret = vfio_pci_core_register_device(&kdev->core);
+	if (ret)
+		goto out_put;
+	return 0;
+
+out_put:
+	vfio_put_device(&kdev->core.vdev);
+	return ret;
+}
+
+static void vfiokit_pci_remove(struct pci_dev *pdev)
+{
+	struct vfio_pci_core_device *vdev = dev_get_drvdata(&pdev->dev);
+
+	vfio_pci_core_unregister_device(vdev);
+	vfio_put_device(&vdev->vdev);
+}
+
+static const struct pci_device_id vfiokit_pci_table[] = {
+	/* Only ever bound through driver_override. */
+	{ PCI_DRIVER_OVERRIDE_DEVICE_VFIO(PCI_ANY_ID, PCI_ANY_ID) },
+	{}
+};
+
+static struct pci_driver vfiokit_pci_driver = {
+	.name			= "vfiokit-pci",
+	.id_table		= vfiokit_pci_table,
+	.probe			= vfiokit_pci_probe,
+	.remove			= vfiokit_pci_remove,
+	.err_handler		= &vfio_pci_core_err_handlers,
+	.driver_managed_dma	= true,
+	.dev_groups		= vfiokit_pci_groups,
+};
+
+module_pci_driver(vfiokit_pci_driver);
+
+MODULE_LICENSE("GPL");
+MODULE_AUTHOR("vfiokit developers");
+MODULE_DESCRIPTION("VFIO PCI variant driver with adaptive INTx masking");
+MODULE_VERSION(VFIOKIT_PCI_VERSION);

@@ -14,9 +14,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import helpers as h
+import pytest
 
 ADAPTIVE, EXCLUSIVE = 1, 2
 SHARER = Path("/sys/module/vfiokit_test_sharer/parameters/irq")

@@ -43,7 +43,7 @@ static irqreturn_t vfiokit_intx_handler(int irq, void *dev_id)
 		kdev->line_held = true;
 		kdev->line_count++;
 		ret = IRQ_HANDLED;
-	} else if (irq_try_hold_exclusive(irq)) {
+	} else if (irq_try_hold_exclusive(irq, kdev)) {
 		kdev->line_held = true;
 		kdev->line_count++;
 		ret = IRQ_HANDLED;
@@ -90,7 +90,7 @@ static bool vfiokit_intx_unmask_locked(struct vfiokit_pci_device *kdev)
 	 * False when the line was handed over to device masking meanwhile (or
 	 * was never held): then only the device can be masked.
 	 */
-	irq_release_exclusive(kdev->irq);
+	irq_release_exclusive(kdev->irq, kdev);
 	kdev->line_held = false;
 	if (kdev->dev_masked) {
 		if (!pci_check_and_unmask_intx(pdev))

@@ -50,3 +50,14 @@ def topology():
     from vmlib import qemu
 
     return qemu.load()
+
+
+@pytest.fixture(scope="session")
+def vfiokit_modules() -> None:
+    """Load the test bed's out-of-tree modules (built by scripts/build-kernel)."""
+    import subprocess
+
+    for name in ("vfiokit_pci", "vfiokit_test_sharer"):
+        if not Path(f"/sys/module/{name}").exists():
+            ko = Path(os.environ["VFIOKIT_KERNEL_OUT"]) / f"{name}.ko"
+            subprocess.run(["insmod", str(ko)], check=True)

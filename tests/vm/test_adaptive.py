@@ -21,18 +21,6 @@ ADAPTIVE, EXCLUSIVE = 1, 2
 SHARER = Path("/sys/module/vfiokit_test_sharer/parameters/irq")
 
 
-def insmod(name: str) -> None:
-    if not Path(f"/sys/module/{name}").exists():
-        ko = Path(os.environ["VFIOKIT_KERNEL_OUT"]) / f"{name}.ko"
-        subprocess.run(["insmod", str(ko)], check=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def modules() -> None:
-    insmod("vfiokit_pci")
-    insmod("vfiokit_test_sharer")
-
-
 def nointxmask() -> bool:
     p = Path("/sys/module/vfio_pci/parameters/nointxmask")
     return p.exists() and p.read_text().strip() == "Y"
@@ -86,7 +74,10 @@ def round_trip(dev: h.VfioDevice, bit: int, unmask: str = "ioctl") -> dict[str, 
     return state
 
 
-pytestmark = pytest.mark.skipif(nointxmask(), reason="this boot forces vfio_pci.nointxmask=1")
+pytestmark = [
+    pytest.mark.skipif(nointxmask(), reason="this boot forces vfio_pci.nointxmask=1"),
+    pytest.mark.usefixtures("vfiokit_modules"),
+]
 
 
 def test_kernel_is_patched() -> None:

@@ -1,0 +1,55 @@
+"""vfiokit-pci on a device that cannot mask INTx: vfio-pci's exclusive-line fallback.
+
+QEMU's edu does support INTx masking, so this boot forces the fallback the way users force it
+on stock VFIO: vfio_pci.nointxmask=1 on the kernel command line (scripts/test runs this file
+in a boot of its own).
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+
+import helpers as h
+import pytest
+from test_adaptive import EXCLUSIVE, nic_iface, nointxmask, opened, round_trip, set_link
+
+pytestmark = [
+    pytest.mark.skipif(
+        not nointxmask(), reason="needs a boot with vfio_pci.nointxmask=1 (scripts/test runs one)"
+    ),
+    pytest.mark.usefixtures("vfiokit_modules"),
+]
+
+
+@pytest.mark.parametrize("unmask", ["ioctl", "config"])
+def test_exclusive_line_round_trips(topology, unmask: str) -> None:
+    edu = topology.by_name("edu_alone")
+    with opened(edu.address) as dev:
+        st = dev.intx_state()
+        assert (st["mode"], st["irq"]) == (EXCLUSIVE, edu.gsi)
+        assert (h.PCI / "devices" / edu.address / "vfiokit" / "intx_mode").read_text() == (
+            "exclusive\n"
+        )
+        for i in range(20):
+            st = round_trip(dev, 1 << (i % 8), unmask)
+            assert (st["line_held"], st["dev_masked"]) == (1, 0)
+        assert dev.wait_irq(0.1) == 0
+        assert dev.intx_state()["line_count"] == 20
+
+
+@pytest.mark.parametrize("driver", ["vfiokit-pci", "vfio-pci"])
+def test_exclusive_on_a_shared_line_is_ebusy(topology, driver: str) -> None:
+    """What doctor explains: without INTx masking a busy shared line cannot be had."""
+    edu = topology.by_name("edu_a")
+    iface = nic_iface(topology)
+    set_link(iface, True)
+    try:
+        with h.bound(edu.address, driver), h.VfioDevice(edu.address) as dev:
+            with pytest.raises(OSError) as info:
+                dev.enable_intx()
+            assert info.value.errno == errno.EBUSY
+    finally:
+        set_link(iface, False)
+    log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
+    assert f"genirq: Flags mismatch irq {edu.gsi}" in log

@@ -23,8 +23,8 @@
 struct vfiokit_pci_device {
 	struct vfio_pci_core_device core;
 
-	struct mutex intx_lock;
-	spinlock_t lock;
+	struct mutex intx_lock;	/* see "Locking" above */
+	spinlock_t lock;		/* see "Locking" above */
 
 	/* Set once per open, under intx_lock. */
 	bool pci_2_3;		/* the device can mask INTx (saved core flag) */

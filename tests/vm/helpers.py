@@ -139,6 +139,8 @@ class VfioDevice:
         return flags, count
 
     def enable_intx(self) -> int:
+        if self.efd is not None:
+            os.close(self.efd)
         self.efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         arg = struct.pack("5Ii", 24, IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, INTX, 0, 1,
                           self.efd)  # fmt: skip

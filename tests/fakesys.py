@@ -25,8 +25,14 @@ def msi_cap(vectors_log2: int = 0, is_64: bool = True, enabled: bool = False) ->
     return Cap(pc.CAP_ID_MSI, ctrl.to_bytes(2, "little") + bytes(12))
 
 
-def msix_cap(table_size: int, table_bar: int = 0, table_off: int = 0x2000, pba_bar: int = 0,
-             pba_off: int = 0x3000, enabled: bool = False) -> Cap:  # fmt: skip
+def msix_cap(
+    table_size: int,
+    table_bar: int = 0,
+    table_off: int = 0x2000,
+    pba_bar: int = 0,
+    pba_off: int = 0x3000,
+    enabled: bool = False,
+) -> Cap:
     ctrl = (table_size - 1) | (0x8000 if enabled else 0)
     return Cap(
         pc.CAP_ID_MSIX,
@@ -40,9 +46,16 @@ def pcie_cap() -> Cap:
     return Cap(pc.CAP_ID_PCIE, bytes(0x3A))
 
 
-def config_space(vendor: int, device: int, class_code: int, pin: int = 1,
-                 caps: list[Cap] | None = None, command: int = 0, status: int = 0,
-                 size: int = 256) -> bytes:  # fmt: skip
+def config_space(
+    vendor: int,
+    device: int,
+    class_code: int,
+    pin: int = 1,
+    caps: list[Cap] | None = None,
+    command: int = 0,
+    status: int = 0,
+    size: int = 256,
+) -> bytes:
     cfg = bytearray(256)
     cfg[0:2] = vendor.to_bytes(2, "little")
     cfg[2:4] = device.to_bytes(2, "little")
@@ -66,9 +79,18 @@ def config_space(vendor: int, device: int, class_code: int, pin: int = 1,
 class FakeSys:
     def __init__(self, root: Path):
         self.root = Path(root)
-        for d in ("sys/bus/pci/devices", "sys/bus/pci/drivers", "sys/kernel/iommu_groups",
-                  "sys/kernel/irq", "sys/class/iommu", "sys/class/net", "sys/class/block",
-                  "sys/module", "proc/sys/kernel", "dev"):  # fmt: skip
+        for d in (
+            "sys/bus/pci/devices",
+            "sys/bus/pci/drivers",
+            "sys/kernel/iommu_groups",
+            "sys/kernel/irq",
+            "sys/class/iommu",
+            "sys/class/net",
+            "sys/class/block",
+            "sys/module",
+            "proc/sys/kernel",
+            "dev",
+        ):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self.write("proc/sys/kernel/osrelease", "6.12.117-test\n")
         self.write("proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/vda1\n")
@@ -96,20 +118,40 @@ class FakeSys:
         return f"sys/devices/pci0000:00/{bdf}"
 
     # -- building blocks ---------------------------------------------------------------------
-    def add_pci(self, bdf: str, *, vendor: int, device: int, class_code: int,
-                driver: str | None = None, group: str | None = None, irq: int | None = 16,
-                pin: int = 1, caps: list[Cap] | None = None, enabled: bool = True,
-                config_size: int = 256, sriov: tuple[int, int] | None = None,
-                physfn: str | None = None, override: str | None = None,
-                reset_methods: str = "flr bus") -> str:  # fmt: skip
+    def add_pci(
+        self,
+        bdf: str,
+        *,
+        vendor: int,
+        device: int,
+        class_code: int,
+        driver: str | None = None,
+        group: str | None = None,
+        irq: int | None = 16,
+        pin: int = 1,
+        caps: list[Cap] | None = None,
+        enabled: bool = True,
+        config_size: int = 256,
+        sriov: tuple[int, int] | None = None,
+        physfn: str | None = None,
+        override: str | None = None,
+        reset_methods: str = "flr bus",
+    ) -> str:
         d = self.dev_dir(bdf)
-        for name, value in (("vendor", f"0x{vendor:04x}"), ("device", f"0x{device:04x}"),
-                            ("subsystem_vendor", f"0x{vendor:04x}"), ("subsystem_device", "0x0001"),
-                            ("class", f"0x{class_code:06x}"), ("revision", "0x01"),
-                            ("irq", str(irq or 0)), ("numa_node", "-1"),
-                            ("enable", "1" if enabled else "0"), ("power_state", "D0"),
-                            ("reset_method", reset_methods),
-                            ("driver_override", override if override else "(null)")):  # fmt: skip
+        for name, value in (
+            ("vendor", f"0x{vendor:04x}"),
+            ("device", f"0x{device:04x}"),
+            ("subsystem_vendor", f"0x{vendor:04x}"),
+            ("subsystem_device", "0x0001"),
+            ("class", f"0x{class_code:06x}"),
+            ("revision", "0x01"),
+            ("irq", str(irq or 0)),
+            ("numa_node", "-1"),
+            ("enable", "1" if enabled else "0"),
+            ("power_state", "D0"),
+            ("reset_method", reset_methods),
+            ("driver_override", override if override else "(null)"),
+        ):
             self.write(f"{d}/{name}", value + "\n")
         self.write(
             f"{d}/config",
@@ -143,8 +185,15 @@ class FakeSys:
         self.write(f"{d}/size", "1000\n")
         self.link(f"sys/class/block/{name}", d)
 
-    def add_irq(self, irq: int, actions: str, *, chip: str = "IR-IO-APIC", trigger: str = "level",
-                mask_device: int | None = None) -> None:  # fmt: skip
+    def add_irq(
+        self,
+        irq: int,
+        actions: str,
+        *,
+        chip: str = "IR-IO-APIC",
+        trigger: str = "level",
+        mask_device: int | None = None,
+    ) -> None:
         d = f"sys/kernel/irq/{irq}"
         self.write(f"{d}/actions", actions + "\n")
         self.write(f"{d}/chip_name", chip + "\n")

@@ -14,8 +14,13 @@ VM = Path(__file__).resolve().parents[2] / "scripts" / "vm"
 
 
 def vm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VM), "run", "--quiet", "--accel", "tcg", *args],
-                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [str(VM), "run", "--quiet", "--accel", "tcg", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_exit_status_and_output_come_back() -> None:

@@ -15,8 +15,14 @@ def alone_in_group(fake: FakeSys) -> str:
     """A PCIe NIC with MSI and MSI-X, bound to e1000e, alone in IOMMU group 7."""
     fake.add_iommu()
     fake.add_vfio()
-    fake.add_pci("0000:03:00.0", **NIC, driver="e1000e", group="7", irq=17,
-                 caps=[pcie_cap(), msi_cap(2), msix_cap(5, table_bar=3)])  # fmt: skip
+    fake.add_pci(
+        "0000:03:00.0",
+        **NIC,
+        driver="e1000e",
+        group="7",
+        irq=17,
+        caps=[pcie_cap(), msi_cap(2), msix_cap(5, table_bar=3)],
+    )
     fake.add_net("enp3s0", "0000:03:00.0")
     fake.add_irq(17, "")
     return "0000:03:00.0"
@@ -54,18 +60,36 @@ def no_iommu(fake: FakeSys) -> str:
 def sriov_pf(fake: FakeSys) -> str:
     fake.add_iommu()
     fake.add_vfio()
-    fake.add_pci("0000:41:00.0", vendor=0x8086, device=0x1593, class_code=0x020000,
-                 driver="ice", group="30", irq=40, caps=[pcie_cap(), msix_cap(64)],
-                 sriov=(128, 2))  # fmt: skip
-    fake.add_pci("0000:41:01.0", vendor=0x8086, device=0x1889, class_code=0x020000,
-                 driver="iavf", group="31", irq=0, pin=0, caps=[pcie_cap(), msix_cap(17)],
-                 physfn="0000:41:00.0")  # fmt: skip
+    fake.add_pci(
+        "0000:41:00.0",
+        vendor=0x8086,
+        device=0x1593,
+        class_code=0x020000,
+        driver="ice",
+        group="30",
+        irq=40,
+        caps=[pcie_cap(), msix_cap(64)],
+        sriov=(128, 2),
+    )
+    fake.add_pci(
+        "0000:41:01.0",
+        vendor=0x8086,
+        device=0x1889,
+        class_code=0x020000,
+        driver="iavf",
+        group="31",
+        irq=0,
+        pin=0,
+        caps=[pcie_cap(), msix_cap(17)],
+        physfn="0000:41:00.0",
+    )
     return "0000:41:00.0"
 
 
 def no_pin(fake: FakeSys) -> str:
     fake.add_iommu()
     fake.add_vfio()
-    fake.add_pci("0000:07:00.0", **NIC, driver=None, group="12", irq=0, pin=0,
-                 caps=[pcie_cap(), msix_cap(8)])  # fmt: skip
+    fake.add_pci(
+        "0000:07:00.0", **NIC, driver=None, group="12", irq=0, pin=0, caps=[pcie_cap(), msix_cap(8)]
+    )
     return "0000:07:00.0"

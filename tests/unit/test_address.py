@@ -21,9 +21,20 @@ def test_valid(text: str, canonical: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "00:04", "00:20.0", "00:04.8", "000:100:04.0", "g0:04.0", "0000:00:04.0.1",
-             "123456789:00:04.0", "00-04.0", "eth0"],
-)  # fmt: skip
+    "text",
+    [
+        "",
+        "00:04",
+        "00:20.0",
+        "00:04.8",
+        "000:100:04.0",
+        "g0:04.0",
+        "0000:00:04.0.1",
+        "123456789:00:04.0",
+        "00-04.0",
+        "eth0",
+    ],
+)
 def test_invalid(text: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         PciAddress.parse(text)

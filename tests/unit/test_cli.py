@@ -99,7 +99,12 @@ def test_doctor_unknown_device(fake: FakeSys, run) -> None:
 def test_python_dash_m(fake: FakeSys) -> None:
     scenarios.no_iommu(fake)
     env = {"VFIOKIT_SYSROOT": str(fake.root), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "vfiokit", "show", "zz"], env=env,
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "vfiokit", "show", "zz"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == ExitCode.USAGE
     assert out.stderr.startswith("error: invalid PCI address 'zz'")

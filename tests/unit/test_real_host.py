@@ -13,8 +13,13 @@ PCI = Path("/sys/bus/pci/devices")
 
 def vfiokit(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "VFIOKIT_SYSROOT"}
-    return subprocess.run([sys.executable, "-m", "vfiokit", *args], env=env,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "vfiokit", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 @pytest.mark.skipif(not PCI.is_dir(), reason="this machine has no /sys/bus/pci")

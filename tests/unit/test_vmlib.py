@@ -20,8 +20,11 @@ def test_topology_matches_q35_routing() -> None:
 
 def test_qemu_command() -> None:
     topo = qemu.load()
-    shares = {"hostroot": (Path("/"), True), "project": (Path("/p"), False),
-              "results": (Path("/r"), False)}  # fmt: skip
+    shares = {
+        "hostroot": (Path("/"), True),
+        "project": (Path("/p"), False),
+        "results": (Path("/r"), False),
+    }
     argv = qemu.command(topo, kernel=Path("/k/bzImage"), append="console=ttyS0", shares=shares)
     joined = " ".join(argv)
     assert argv[:5] == ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max"]
@@ -34,15 +37,17 @@ def test_qemu_command() -> None:
 
 
 def test_bad_dmesg() -> None:
-    log = "\n".join([
-        "[    1.0] genirq: Flags mismatch irq 20. 00000000 (a) vs. 00000080 (b)",
-        "[    1.1] Call Trace:",
-        "[    2.0] WARNING: CPU: 0 PID: 1 at kernel/irq/manage.c:800 __enable_irq+0x4",
-        "[    3.0] irq 20: nobody cared (try booting with the \"irqpoll\" option)",
-        "[    4.0] Unbalanced enable for IRQ 20",
-        "[    5.0] WARNING: possible circular locking dependency detected",
-        "[    6.0] BUG: KASAN: slab-use-after-free in vfiokit_intx_handler",
-    ])  # fmt: skip
+    log = "\n".join(
+        [
+            "[    1.0] genirq: Flags mismatch irq 20. 00000000 (a) vs. 00000080 (b)",
+            "[    1.1] Call Trace:",
+            "[    2.0] WARNING: CPU: 0 PID: 1 at kernel/irq/manage.c:800 __enable_irq+0x4",
+            '[    3.0] irq 20: nobody cared (try booting with the "irqpoll" option)',
+            "[    4.0] Unbalanced enable for IRQ 20",
+            "[    5.0] WARNING: possible circular locking dependency detected",
+            "[    6.0] BUG: KASAN: slab-use-after-free in vfiokit_intx_handler",
+        ]
+    )
     bad = runner.bad_dmesg_lines(log)
     assert len(bad) == 5 and not any("Flags mismatch" in b or "Call Trace" in b for b in bad)
     assert runner.bad_dmesg_lines(log, re.compile("nobody cared|Unbalanced")) == [

@@ -43,8 +43,18 @@ VFIO_DEVICE_FEATURE = 0x3B75
 VFIO_DEVICE_FEATURE_GET = 1 << 16
 VFIOKIT_FEATURE_INTX_STATE = 0xFA00
 INTX_STATE = struct.Struct("8IQQ")  # kmod/vfiokit_pci/vfiokit_pci_uapi.h
-INTX_STATE_FIELDS = ("version", "mode", "irq", "mask_device", "line_held", "dev_masked",
-                     "masked", "reserved", "line_count", "device_count")  # fmt: skip
+INTX_STATE_FIELDS = (
+    "version",
+    "mode",
+    "irq",
+    "mask_device",
+    "line_held",
+    "dev_masked",
+    "masked",
+    "reserved",
+    "line_count",
+    "device_count",
+)
 CONFIG_REGION = 7
 PCI_COMMAND = 4
 COMMAND_INTX_DISABLE = 0x400
@@ -122,8 +132,9 @@ class VfioDevice:
         info = bytearray(struct.pack("IIIIQQ", 32, 0, 0, 0, 0, 0))
         fcntl.ioctl(self.fd, VFIO_DEVICE_GET_REGION_INFO, info, True)
         _, _flags, _, _, size, offset = struct.unpack("IIIIQQ", info)
-        self.bar0 = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                              offset=offset)  # fmt: skip
+        self.bar0 = mmap.mmap(
+            self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset
+        )
         self.bar0_view = memoryview(self.bar0).cast("I")
 
     def read32(self, off: int) -> int:
@@ -142,8 +153,9 @@ class VfioDevice:
         if self.efd is not None:
             os.close(self.efd)
         self.efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        arg = struct.pack("5Ii", 24, IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, INTX, 0, 1,
-                          self.efd)  # fmt: skip
+        arg = struct.pack(
+            "5Ii", 24, IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, INTX, 0, 1, self.efd
+        )
         fcntl.ioctl(self.fd, VFIO_DEVICE_SET_IRQS, arg)
         return self.efd
 
@@ -181,10 +193,14 @@ class VfioDevice:
         """The device-level unmask of DESIGN.md: clear INTx Disable in the command register."""
         self.write_command(self.read_command() & ~COMMAND_INTX_DISABLE)
 
-    def set_irqs_raw(self, argsz: int, flags: int, index: int, start: int, count: int,
-                     data: bytes = b"") -> None:  # fmt: skip
-        fcntl.ioctl(self.fd, VFIO_DEVICE_SET_IRQS,
-                    struct.pack("5I", argsz, flags, index, start, count) + data)  # fmt: skip
+    def set_irqs_raw(
+        self, argsz: int, flags: int, index: int, start: int, count: int, data: bytes = b""
+    ) -> None:
+        fcntl.ioctl(
+            self.fd,
+            VFIO_DEVICE_SET_IRQS,
+            struct.pack("5I", argsz, flags, index, start, count) + data,
+        )
 
     def wait_irq(self, timeout: float = 2.0) -> int:
         """Read the eventfd: the number of interrupts signalled (0 on time-out)."""

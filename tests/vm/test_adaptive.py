@@ -259,13 +259,25 @@ def test_bad_set_irqs_is_einval(topology) -> None:
             assert info.value.errno in (errno.EINVAL, errno.ENOTTY), args
         # MSI while our INTx is on: refused.
         with pytest.raises(OSError) as info:
-            dev.set_irqs_raw(24, h.IRQ_SET_DATA_EVENTFD | h.IRQ_SET_ACTION_TRIGGER, 1, 0, 1,
-                             (-1).to_bytes(4, "little", signed=True))  # fmt: skip
+            dev.set_irqs_raw(
+                24,
+                h.IRQ_SET_DATA_EVENTFD | h.IRQ_SET_ACTION_TRIGGER,
+                1,
+                0,
+                1,
+                (-1).to_bytes(4, "little", signed=True),
+            )
         assert info.value.errno == errno.EINVAL
         # A bad eventfd for the trigger.
         with pytest.raises(OSError):
-            dev.set_irqs_raw(24, h.IRQ_SET_DATA_EVENTFD | h.IRQ_SET_ACTION_TRIGGER, 0, 0, 1,
-                             (9999).to_bytes(4, "little"))  # fmt: skip
+            dev.set_irqs_raw(
+                24,
+                h.IRQ_SET_DATA_EVENTFD | h.IRQ_SET_ACTION_TRIGGER,
+                0,
+                0,
+                1,
+                (9999).to_bytes(4, "little"),
+            )
         assert round_trip(dev, 1)["line_held"] == 1  # still works
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
@@ -298,8 +310,15 @@ def test_set_irqs_fuzz(topology) -> None:
             try:
                 dev.set_irqs_raw(argsz, flags, index, start, count, data)
             except OSError as exc:
-                assert exc.errno in (errno.EINVAL, errno.ENOTTY, errno.EBADF, errno.EFAULT,
-                                     errno.ENODEV, errno.EBUSY, errno.ENOSPC), exc  # fmt: skip
+                assert exc.errno in (
+                    errno.EINVAL,
+                    errno.ENOTTY,
+                    errno.EBADF,
+                    errno.EFAULT,
+                    errno.ENODEV,
+                    errno.EBUSY,
+                    errno.ENOSPC,
+                ), exc
         # Whatever state the fuzzing left: disable every index, then INTx works again.
         for index in (0, 1, 2):
             with contextlib.suppress(OSError):
@@ -334,7 +353,8 @@ def test_unbind_waits_for_close_then_unload(topology) -> None:
     h.bind(edu.address, "vfiokit-pci")
     subprocess.run(["rmmod", "vfiokit_pci"], check=True)
     assert h.driver_of(edu.address) is None
-    subprocess.run(["insmod", str(Path(os.environ["VFIOKIT_KERNEL_OUT"]) / "vfiokit_pci.ko")],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["insmod", str(Path(os.environ["VFIOKIT_KERNEL_OUT"]) / "vfiokit_pci.ko")], check=True
+    )
     with opened(edu.address) as dev:
         assert round_trip(dev, 2)["line_held"] == 1

@@ -44,9 +44,10 @@ def test_shared_and_alone_lines(topology) -> None:
         shared = {d.address for d in topology.on_line("shared")}
         for dev in edus:
             same_line = {
-                d.address for d in [*edus, nic]
+                d.address
+                for d in [*edus, nic]
                 if int((h.PCI / "devices" / d.address / "irq").read_text()) == dev.gsi
-            }  # fmt: skip
+            }
             assert same_line == (shared if dev.line == "shared" else {dev.address})
         actions = Path(f"/sys/kernel/irq/{nic.gsi}/actions").read_text().strip().split(",")
         assert iface in actions

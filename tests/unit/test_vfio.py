@@ -1,0 +1,263 @@
+"""The VFIO API against the fake syscall layer: every object, both backends, error paths."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import selectors
+
+import pytest
+from fakesys import FakeSys
+
+from vfiokit import InvalidArgument, NotFound, Unsupported
+from vfiokit.vfio import ClosedError, IovaAllocator, VfioDevice, VfioError, choose_backend
+from vfiokit.vfio import uapi as U
+from vfiokit.vfio.fake import FakeSyscalls
+
+BDF = "0000:00:04.0"
+
+
+@pytest.fixture
+def host(fake: FakeSys) -> FakeSys:
+    """sysfs for one edu in group 3 bound to vfio-pci, with a VFIO cdev and /dev/iommu."""
+    fake.add_pci(
+        BDF, vendor=0x1234, device=0x11E8, class_code=0xFF00, driver="vfio-pci", group="3", irq=22
+    )
+    fake.write(f"sys/devices/pci0000:00/{BDF}/vfio-dev/vfio0/dev", "511:0\n")
+    fake.write("dev/iommu", "")
+    return fake
+
+
+@pytest.fixture
+def kernel() -> FakeSyscalls:
+    k = FakeSyscalls()
+    k.add_device(BDF, group="3", cdev="vfio0")
+    return k
+
+
+def open_dev(host: FakeSys, kernel: FakeSyscalls, backend: str, **kw) -> VfioDevice:
+    from vfiokit import SysRoot
+
+    return VfioDevice(BDF, backend=backend, sysroot=SysRoot(host.root), sys=kernel, **kw)
+
+
+BACKENDS = ["legacy", "iommufd"]
+
+
+def test_backend_choice(host: FakeSys) -> None:
+    from vfiokit import SysRoot
+
+    sysroot = SysRoot(host.root)
+    assert choose_backend(sysroot, BDF) == "iommufd"
+    (host.root / "dev/iommu").unlink()
+    assert choose_backend(sysroot, BDF) == "legacy"
+    with pytest.raises(Unsupported):
+        choose_backend(sysroot, BDF, "iommufd")
+    with pytest.raises(InvalidArgument):
+        choose_backend(sysroot, BDF, "vfio-user")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_open_regions_and_close(host: FakeSys, kernel: FakeSyscalls, backend: str) -> None:
+    with open_dev(host, kernel, backend) as vd:
+        assert vd.backend == backend and vd.device.is_pci and vd.device.can_reset
+        bar0 = vd.device.bar(0)
+        assert bar0.size == 0x100000 and bar0.mappable and bar0.areas() == [(0, 0x100000)]
+        bar0.write(0x60, 0xDEADBEEF)
+        assert bar0.read(0x60) == 0xDEADBEEF
+        assert bar0.read(0x60, 2) == 0xBEEF and bar0.read(0x63, 1) == 0xDE
+        bar0.write(0x70, 1 << 63, 8)
+        assert bar0.read(0x70, 8) == 1 << 63
+        view = bar0.mmap().cast("I")
+        assert len(view) == 0x100000 // 4
+        view.release()
+        assert vd.device.config.read(0, 4) == 0x11E81234
+        vd.device.reset()
+    assert kernel.open_fds == 0
+
+
+def test_region_bounds_and_widths(host: FakeSys, kernel: FakeSyscalls) -> None:
+    with open_dev(host, kernel, "legacy") as vd:
+        bar0 = vd.device.bar(0)
+        for off, width in ((0x100000, 4), (-4, 4), (0xFFFFE, 4), (2, 4), (0, 3)):
+            with pytest.raises(InvalidArgument):
+                bar0.read(off, width)
+        with pytest.raises(InvalidArgument):
+            bar0.write(0, 1 << 32, 4)
+        with pytest.raises(InvalidArgument):
+            vd.device.region(U.VFIO_PCI_NUM_REGIONS)
+        with pytest.raises(InvalidArgument):
+            vd.device.bar(6)
+        with pytest.raises(Unsupported):
+            vd.device.config.mmap()
+        dev = vd.device
+    with pytest.raises(ClosedError):
+        dev.bar(0).read(0)
+
+
+def test_sparse_mmap_respects_the_msix_hole(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    kernel.add_device(BDF, group="3", sparse=[(0, 0x2000), (0x3000, 0xFD000)])
+    with open_dev(host, kernel, "legacy") as vd:
+        bar0 = vd.device.bar(0)
+        assert bar0.areas() == [(0, 0x2000), (0x3000, 0xFD000)]
+        assert len(bar0.mmap(1)) == 0xFD000
+        with pytest.raises(InvalidArgument):
+            bar0.mmap(2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dma_buffers(host: FakeSys, kernel: FakeSyscalls, backend: str) -> None:
+    with open_dev(host, kernel, backend, dma_limit=(1 << 28) - 1) as vd:
+        a = vd.dma_buffer(100)
+        b = vd.dma_buffer(8192)
+        assert a.size == 4096 and b.size == 8192
+        assert a.iova == 4096 and b.iova == 8192  # page 0 kept free
+        assert kernel.mappings[a.iova] == (a.vaddr, 4096)
+        a.view[:5] = b"hello"
+        assert bytes(a.view[:5]) == b"hello"
+        a.close()
+        assert a.iova not in kernel.mappings
+        c = vd.dma_buffer(4096)
+        assert c.iova == 4096  # reused
+    assert kernel.mappings == {} and kernel.open_fds == 0
+
+
+def test_dma_beyond_memlock_is_explained(host: FakeSys) -> None:
+    kernel = FakeSyscalls(memlock=8192)
+    kernel.add_device(BDF, group="3")
+    with open_dev(host, kernel, "legacy") as vd:
+        vd.dma_buffer(8192)
+        with pytest.raises(VfioError) as info:
+            vd.dma_buffer(4096)
+        assert info.value.errno == errno.ENOMEM and "RLIMIT_MEMLOCK" in (info.value.remedy or "")
+        assert len(vd.allocator.used) == 1  # the failed buffer gave its IOVA back
+
+
+def test_iova_allocator() -> None:
+    alloc = IovaAllocator([(0, 0x7FFF), (0x10000, 0x1FFFF)], limit=0x1BFFF)
+    assert alloc.alloc(0x3000) == 0x1000  # page 0 is kept free
+    assert alloc.alloc(0x4000) == 0x4000  # fills the first range exactly
+    assert alloc.alloc(0x8000) == 0x10000  # next range
+    with pytest.raises(Exception, match="no free IOVA"):
+        alloc.alloc(0x10000)  # would cross the DMA limit
+    alloc.free(0x4000)
+    assert alloc.alloc(0x1000) == 0x4000
+    with pytest.raises(InvalidArgument):
+        alloc.free(0x999000)
+    with pytest.raises(InvalidArgument):
+        alloc.alloc(0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_intx_stock_uses_the_ioctl(host: FakeSys, kernel: FakeSyscalls, backend: str) -> None:
+    dev = kernel.devices[BDF]
+    with open_dev(host, kernel, backend) as vd:
+        intx = vd.intx()
+        assert not intx.vfiokit and intx.state() is None
+        assert intx.wait(0) == 0
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1
+        kernel.fire(dev, 0)  # masked: no second signal
+        assert intx.wait(0) == 0
+        assert intx.unmask() == "kernel" and dev.unmask_ioctls == 1
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1
+        assert intx.counts == {"line": 0, "device": 0, "kernel": 1}
+    assert kernel.open_fds == 0 and dev.triggers == {}
+
+
+def test_intx_adaptive_follows_the_state(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        assert intx.vfiokit
+        dev.mask_device = 0
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1 and intx.state().masked
+        assert intx.unmask() == "line" and dev.unmask_ioctls == 1 and not dev.masked
+        dev.mask_device = 1
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1
+        assert intx.unmask() == "device" and dev.unmask_ioctls == 1 and not dev.masked
+        # Only the command register's high byte, INTx Disable clear, SERR etc. kept.
+        assert dev.command_writes == [b"\x00"]
+        assert intx.counts == {"line": 1, "device": 1, "kernel": 0}
+        kernel_policy = intx
+        kernel_policy.policy = "kernel"
+        assert kernel_policy.unmask() == "kernel"
+
+
+def test_intx_selectors_and_asyncio(host: FakeSys, kernel: FakeSyscalls) -> None:
+    dev = kernel.devices[BDF]
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        sel = selectors.DefaultSelector()
+        sel.register(intx, selectors.EVENT_READ)
+        assert sel.select(0) == []
+        kernel.fire(dev, 0)
+        assert len(sel.select(1)) == 1
+        assert intx.wait(0) == 1
+        intx.unmask()
+
+        async def main() -> int:
+            asyncio.get_running_loop().call_later(0.05, kernel.fire, dev, 0)
+            return await asyncio.wait_for(intx.wait_async(), 2)
+
+        assert asyncio.run(main()) == 1
+        sel.close()
+
+
+def test_no_intx_pin(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    kernel.add_device(BDF, group="3", intx=False, msix=4)
+    with open_dev(host, kernel, "legacy") as vd:
+        with pytest.raises(Unsupported, match="no INTx"):
+            vd.intx()
+        vec = vd.msix(4)
+        kernel.fire(kernel.devices[BDF], U.VFIO_PCI_MSIX_IRQ_INDEX, 2)
+        assert vec.wait(1) == [2]
+        vec.trigger(3)
+        assert vec.wait(1) == [3]
+        with pytest.raises(Unsupported):
+            vd.msi(2)
+    assert kernel.open_fds == 0
+
+
+def test_errors_carry_errno_and_remedy(host: FakeSys, kernel: FakeSyscalls) -> None:
+    kernel.fail(U.VFIO_SET_IOMMU, errno.EPERM)
+    with pytest.raises(VfioError) as info:
+        open_dev(host, kernel, "legacy")
+    assert info.value.errno == errno.EPERM and info.value.remedy
+    assert "VFIO_SET_IOMMU" in str(info.value)
+    assert kernel.open_fds == 0  # everything opened so far was closed again
+    from vfiokit import SysRoot
+
+    with pytest.raises(NotFound):
+        VfioDevice("0000:00:09.0", sysroot=SysRoot(host.root), sys=kernel)
+    with pytest.raises(InvalidArgument):
+        VfioDevice("zz", sys=kernel)
+
+
+def test_non_viable_group(host: FakeSys, kernel: FakeSyscalls) -> None:
+    orig = kernel._ioctl_group
+
+    def not_viable(f, req, arg):
+        if req == U.VFIO_GROUP_GET_STATUS:
+            arg[:8] = bytes(U.vfio_group_status(8, 0))
+            return 0
+        return orig(f, req, arg)
+
+    kernel._ioctl_group = not_viable  # type: ignore[method-assign]
+    with pytest.raises(VfioError, match="not viable") as info:
+        open_dev(host, kernel, "legacy")
+    assert "vfiokit doctor" in (info.value.remedy or "")
+    assert kernel.open_fds == 0
+
+
+def test_hot_reset_scope_and_caps(host: FakeSys, kernel: FakeSyscalls) -> None:
+    with open_dev(host, kernel, "legacy") as vd:
+        assert vd.device.capabilities() == []
+        with pytest.raises(VfioError):
+            vd.device.hot_reset_scope()  # the fake has no bus reset

@@ -1,0 +1,35 @@
+"""The VFIO userspace-driver API: uAPI bytes (uapi) → syscalls (sys) → objects.
+
+from vfiokit.vfio import open_device
+with open_device("0000:00:04.0") as vd:
+    ...
+"""
+
+from .device import ClosedError, Device, IrqInfo, Region
+from .dma import DmaBuffer, IovaAllocator
+from .iommu import Container, Group, IommuFd
+from .irq import Intx, IntxState, Vectors
+from .session import BACKENDS, VfioDevice, choose_backend, open_device
+from .sys import RealSyscalls, Syscalls, VfioError
+
+__all__ = [
+    "BACKENDS",
+    "ClosedError",
+    "Container",
+    "Device",
+    "DmaBuffer",
+    "Group",
+    "Intx",
+    "IntxState",
+    "IommuFd",
+    "IovaAllocator",
+    "IrqInfo",
+    "RealSyscalls",
+    "Region",
+    "Syscalls",
+    "Vectors",
+    "VfioDevice",
+    "VfioError",
+    "choose_backend",
+    "open_device",
+]

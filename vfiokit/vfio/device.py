@@ -1,0 +1,281 @@
+"""A VFIO device: its info, regions (BARs, config space), interrupts, reset and features."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+from dataclasses import dataclass, field
+
+from .. import pciconfig
+from ..errors import InvalidArgument, Unsupported, VfiokitError
+from . import uapi as U
+from .iommu import _parse_caps
+from .sys import Syscalls
+
+_FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+PAGE = mmap.PAGESIZE
+
+
+class ClosedError(VfiokitError):
+    """Use of an object after close()."""
+
+
+@dataclass
+class IrqInfo:
+    index: int
+    flags: int
+    count: int
+
+    @property
+    def eventfd(self) -> bool:
+        return bool(self.flags & U.VFIO_IRQ_INFO_EVENTFD)
+
+    @property
+    def maskable(self) -> bool:
+        return bool(self.flags & U.VFIO_IRQ_INFO_MASKABLE)
+
+
+@dataclass
+class Region:
+    """One region of a device (BAR i, ROM, config space), read and written through the
+    device fd or, where the kernel allows, through an mmap of its mappable areas."""
+
+    device: Device
+    index: int
+    flags: int
+    size: int
+    offset: int
+    sparse: list[tuple[int, int]] | None = None  # mmap-able (offset, size) areas
+    _maps: list[mmap.mmap] = field(default_factory=list)
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.flags & U.VFIO_REGION_INFO_FLAG_READ)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & U.VFIO_REGION_INFO_FLAG_WRITE)
+
+    @property
+    def mappable(self) -> bool:
+        return bool(self.flags & U.VFIO_REGION_INFO_FLAG_MMAP)
+
+    def _check(self, off: int, width: int) -> None:
+        self.device._live()
+        if width not in _FMT:
+            raise InvalidArgument(f"access width {width} is not 1, 2, 4 or 8 bytes")
+        if off < 0 or off + width > self.size:
+            raise InvalidArgument(
+                f"region {self.index}: access at {off:#x}+{width} is outside its "
+                f"{self.size:#x} bytes"
+            )
+        if off % width:
+            raise InvalidArgument(f"region {self.index}: unaligned {width}-byte access at {off:#x}")
+
+    def read(self, off: int, width: int = 4) -> int:
+        self._check(off, width)
+        if not self.readable:
+            raise Unsupported(f"region {self.index} is not readable")
+        data = self.device.sys.pread(self.device.fd, width, self.offset + off)
+        if len(data) != width:
+            raise VfiokitError(f"region {self.index}: short read at {off:#x}")
+        return struct.unpack(_FMT[width], data)[0]
+
+    def write(self, off: int, value: int, width: int = 4) -> None:
+        self._check(off, width)
+        if not self.writable:
+            raise Unsupported(f"region {self.index} is not writable")
+        if not 0 <= value < 1 << (8 * width):
+            raise InvalidArgument(f"value {value:#x} does not fit in {width} bytes")
+        self.device.sys.pwrite(self.device.fd, struct.pack(_FMT[width], value), self.offset + off)
+
+    def read_bytes(self, off: int, size: int) -> bytes:
+        self.device._live()
+        if off < 0 or size < 0 or off + size > self.size:
+            raise InvalidArgument(f"region {self.index}: {off:#x}+{size} is outside the region")
+        return self.device.sys.pread(self.device.fd, size, self.offset + off)
+
+    def write_bytes(self, off: int, data: bytes) -> None:
+        self.device._live()
+        if off < 0 or off + len(data) > self.size:
+            raise InvalidArgument(f"region {self.index}: {off:#x}+{len(data)} is outside")
+        self.device.sys.pwrite(self.device.fd, data, self.offset + off)
+
+    def areas(self) -> list[tuple[int, int]]:
+        """The mmap-able (offset, size) areas: sparse areas if the kernel lists them (they
+        leave out the MSI-X table), else the whole region."""
+        if not self.mappable:
+            return []
+        return self.sparse if self.sparse is not None else [(0, self.size)]
+
+    def mmap(self, area: int = 0) -> memoryview:
+        """Map one mmap-able area; a memoryview of it (cast it, e.g. ``.cast("I")``)."""
+        self.device._live()
+        areas = self.areas()
+        if not areas:
+            raise Unsupported(f"region {self.index} cannot be mmapped")
+        if not 0 <= area < len(areas):
+            raise InvalidArgument(f"region {self.index} has {len(areas)} mmap-able areas")
+        off, size = areas[area]
+        m = self.device.sys.mmap(self.device.fd, size, self.offset + off, self.writable)
+        self._maps.append(m)
+        return memoryview(m)
+
+    def close(self) -> None:
+        for m in self._maps:
+            try:
+                m.close()
+            except BufferError as exc:
+                raise VfiokitError(
+                    f"region {self.index}: a memoryview of its mmap is still in use",
+                    remedy="release() the views (or let them go out of scope) before close()",
+                ) from exc
+        self._maps.clear()
+
+
+class Device:
+    """An open VFIO device fd (from a group or a cdev)."""
+
+    def __init__(self, sys: Syscalls, fd: int, address: str):
+        self.sys = sys
+        self.fd = fd
+        self.address = address
+        info = U.vfio_device_info(ctypes.sizeof(U.vfio_device_info)).to_bytes()
+        sys.ioctl(fd, U.VFIO_DEVICE_GET_INFO, info)
+        self.info = U.vfio_device_info.parse(info)
+        self._regions: dict[int, Region] = {}
+
+    # -- state ------------------------------------------------------------------------------
+    def _live(self) -> None:
+        if self.fd < 0:
+            raise ClosedError(f"device {self.address} is closed")
+
+    @property
+    def is_pci(self) -> bool:
+        return bool(self.info.flags & U.VFIO_DEVICE_FLAGS_PCI)
+
+    @property
+    def can_reset(self) -> bool:
+        return bool(self.info.flags & U.VFIO_DEVICE_FLAGS_RESET)
+
+    # -- regions ----------------------------------------------------------------------------
+    def region(self, index: int) -> Region:
+        self._live()
+        if index in self._regions:
+            return self._regions[index]
+        if not 0 <= index < self.info.num_regions:
+            raise InvalidArgument(f"no region {index} (the device has {self.info.num_regions})")
+        hdr = U.vfio_region_info(ctypes.sizeof(U.vfio_region_info), 0, index)
+        buf = hdr.to_bytes()
+        self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, buf)
+        info = U.vfio_region_info.parse(buf)
+        if info.argsz > len(buf):
+            buf = bytearray(info.argsz)
+            buf[: ctypes.sizeof(hdr)] = bytes(U.vfio_region_info(info.argsz, 0, index))
+            self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, buf)
+            info = U.vfio_region_info.parse(buf)
+        sparse = None
+        if info.flags & U.VFIO_REGION_INFO_FLAG_CAPS:
+            caps = _parse_caps(buf, info.cap_offset)
+            off = caps.get(U.VFIO_REGION_INFO_CAP_SPARSE_MMAP)
+            if off is not None:
+                cap = U.vfio_region_info_cap_sparse_mmap.parse(buf, off)
+                base = off + ctypes.sizeof(cap)
+                step = ctypes.sizeof(U.vfio_region_sparse_mmap_area)
+                sparse = []
+                for i in range(cap.nr_areas):
+                    a = U.vfio_region_sparse_mmap_area.parse(buf, base + i * step)
+                    sparse.append((a.offset, a.size))
+        region = Region(self, index, info.flags, info.size, info.offset, sparse)
+        self._regions[index] = region
+        return region
+
+    def bar(self, n: int) -> Region:
+        if not 0 <= n <= 5:
+            raise InvalidArgument(f"BAR {n} does not exist (0..5)")
+        return self.region(U.VFIO_PCI_BAR0_REGION_INDEX + n)
+
+    @property
+    def config(self) -> Region:
+        return self.region(U.VFIO_PCI_CONFIG_REGION_INDEX)
+
+    def capabilities(self) -> list[tuple[str, int]]:
+        """The standard PCI capability list as (name, offset), read through VFIO."""
+        cfg = self.config.read_bytes(0, 256)
+        return [(pciconfig.cap_name(cid), off) for cid, off in pciconfig.capabilities(cfg) or []]
+
+    # -- interrupts -------------------------------------------------------------------------
+    def irq_info(self, index: int) -> IrqInfo:
+        self._live()
+        buf = U.vfio_irq_info(ctypes.sizeof(U.vfio_irq_info), 0, index).to_bytes()
+        self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_IRQ_INFO, buf)
+        info = U.vfio_irq_info.parse(buf)
+        return IrqInfo(index, info.flags, info.count)
+
+    def set_irqs(
+        self,
+        index: int,
+        flags: int,
+        start: int = 0,
+        count: int = 0,
+        eventfds: list[int] | None = None,
+        bools: list[bool] | None = None,
+    ) -> None:
+        """VFIO_DEVICE_SET_IRQS with eventfd (s32 each) or bool (u8 each) data, or none."""
+        self._live()
+        if eventfds is not None:
+            data = struct.pack(f"<{len(eventfds)}i", *eventfds)
+        elif bools is not None:
+            data = bytes(int(bool(b)) for b in bools)
+        else:
+            data = b""
+        hdr = U.vfio_irq_set(ctypes.sizeof(U.vfio_irq_set) + len(data), flags, index, start, count)
+        self.sys.ioctl(self.fd, U.VFIO_DEVICE_SET_IRQS, hdr.to_bytes() + data)
+
+    # -- reset and features -----------------------------------------------------------------
+    def reset(self) -> None:
+        self._live()
+        if not self.can_reset:
+            raise Unsupported(f"{self.address} has no reset method VFIO can use")
+        self.sys.ioctl(self.fd, U.VFIO_DEVICE_RESET)
+
+    def hot_reset_scope(self) -> list[tuple[str, int]]:
+        """Which devices a bus reset would hit: [(address, group or devid)]."""
+        self._live()
+        size = ctypes.sizeof(U.vfio_pci_hot_reset_info)
+        buf = U.vfio_pci_hot_reset_info(size).to_bytes()
+        try:
+            self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf)
+        except VfiokitError as exc:
+            if exc.errno != 28:  # ENOSPC: count tells how many entries
+                raise
+        count = U.vfio_pci_hot_reset_info.parse(buf).count
+        step = ctypes.sizeof(U.vfio_pci_dependent_device)
+        buf = U.vfio_pci_hot_reset_info(size + count * step).to_bytes() + bytearray(count * step)
+        self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf)
+        out = []
+        for i in range(U.vfio_pci_hot_reset_info.parse(buf).count):
+            d = U.vfio_pci_dependent_device.parse(buf, size + i * step)
+            addr = f"{d.segment:04x}:{d.bus:02x}:{d.devfn >> 3:02x}.{d.devfn & 7:x}"
+            out.append((addr, d.group_id))
+        return out
+
+    def feature_get(self, feature: int, size: int) -> bytes:
+        """VFIO_DEVICE_FEATURE GET of `size` bytes of payload."""
+        self._live()
+        hdr = U.vfio_device_feature(
+            ctypes.sizeof(U.vfio_device_feature) + size, feature | U.VFIO_DEVICE_FEATURE_GET
+        )
+        buf = hdr.to_bytes() + bytearray(size)
+        self.sys.ioctl(self.fd, U.VFIO_DEVICE_FEATURE, buf)
+        return bytes(buf[ctypes.sizeof(hdr) :])
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        for r in self._regions.values():
+            r.close()
+        self._regions.clear()
+        self.sys.close(self.fd)
+        self.fd = -1

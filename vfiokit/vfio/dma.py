@@ -1,0 +1,113 @@
+"""DMA: page-aligned buffers mapped into the device's IOVA space, and the IOVA allocator."""
+
+from __future__ import annotations
+
+import errno as E
+import mmap
+from dataclasses import dataclass, field
+
+from ..errors import InvalidArgument, VfiokitError
+from .iommu import DmaSpace, IovaRange
+from .sys import VfioError
+
+PAGE = mmap.PAGESIZE
+
+
+def _align_up(value: int, align: int) -> int:
+    return (value + align - 1) // align * align
+
+
+@dataclass
+class IovaAllocator:
+    """First-fit allocation of IOVA ranges within the IOMMU's usable ranges.
+
+    `limit` is the highest IOVA the device can address (its DMA mask); `reserve_low` keeps
+    the first pages out (IOVA 0 makes a NULL-looking DMA address).
+    """
+
+    ranges: list[IovaRange]
+    limit: int = (1 << 64) - 1
+    align: int = PAGE
+    reserve_low: int = PAGE
+    used: dict[int, int] = field(default_factory=dict)  # iova -> size
+
+    def alloc(self, size: int) -> int:
+        if size <= 0:
+            raise InvalidArgument(f"DMA size {size} must be positive")
+        size = _align_up(size, self.align)
+        taken = sorted(self.used.items())
+        for first, last in sorted(self.ranges):
+            cur = _align_up(max(first, self.reserve_low), self.align)
+            last = min(last, self.limit)
+            for start, length in taken:
+                if start + length <= cur:
+                    continue
+                if start >= cur + size:
+                    break
+                cur = _align_up(start + length, self.align)
+            if cur + size - 1 <= last:
+                self.used[cur] = size
+                return cur
+        raise VfiokitError(
+            f"no free IOVA range of {size:#x} bytes below {self.limit:#x}",
+            errno=E.ENOSPC,
+            remedy="free DMA buffers, or map smaller ones",
+        )
+
+    def free(self, iova: int) -> None:
+        if self.used.pop(iova, None) is None:
+            raise InvalidArgument(f"IOVA {iova:#x} was not allocated")
+
+
+class DmaBuffer:
+    """Anonymous, page-aligned memory mapped for the device at `iova`.
+
+    `view` is a memoryview of the buffer; the device sees the same bytes at `iova`.
+    """
+
+    def __init__(
+        self,
+        space: DmaSpace,
+        sys,
+        allocator: IovaAllocator,
+        size: int,
+        *,
+        readable: bool = True,
+        writable: bool = True,
+    ):
+        self.size = _align_up(size, PAGE)
+        self._space = space
+        self._alloc = allocator
+        self._mem = sys.anon_mmap(self.size)
+        self.iova = allocator.alloc(self.size)
+        self.vaddr = sys.address_of(self._mem)
+        try:
+            space.map(self.vaddr, self.iova, self.size, readable=readable, writable=writable)
+        except VfioError as exc:
+            allocator.free(self.iova)
+            self._mem.close()
+            if exc.errno == E.ENOMEM:
+                raise VfioError(
+                    f"DMA map of {self.size} bytes",
+                    E.ENOMEM,
+                    remedy="mapped memory is pinned and counted against RLIMIT_MEMLOCK: raise "
+                    "it (`ulimit -l`, limits.d or LimitMEMLOCK=; `vfiokit doctor` shows it)",
+                ) from exc
+            raise
+        self.view = memoryview(self._mem)
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._space.unmap(self.iova, self.size)
+        self._alloc.free(self.iova)
+        self.view.release()
+        self._mem.close()
+        self.closed = True
+
+    def __enter__(self) -> DmaBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,487 @@
+"""A fake of every syscall vfiokit.vfio makes, modelling the kernel's side of VFIO and
+iommufd for one or more scripted PCI devices. For unit tests (and for trying the API on a
+machine without VFIO): no root, no /dev/vfio.
+
+    fake = FakeSyscalls()
+    dev = fake.add_device("0000:00:04.0", group="3", cdev="vfio0")
+    vd = VfioDevice("0000:00:04.0", sys=fake, sysroot=fake_sysroot)
+    fake.fire(dev, 0)            # the device raises INTx: its eventfd is signalled
+
+Errors can be injected per ioctl: ``fake.fail(uapi.VFIO_SET_IOMMU, errno.EPERM)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as E
+import mmap
+import os
+import select
+import struct
+from dataclasses import dataclass, field
+
+from . import uapi as U
+from .sys import VfioError, _ioctl_name, error
+
+REGION_SHIFT = 40
+
+
+@dataclass
+class FakeRegion:
+    flags: int
+    size: int
+    data: bytearray
+    sparse: list[tuple[int, int]] | None = None
+
+
+@dataclass
+class FakeDevice:
+    address: str
+    group: str
+    cdev: str | None
+    regions: dict[int, FakeRegion]
+    irqs: dict[int, tuple[int, int]]  # index -> (flags, count)
+    can_reset: bool = True
+    vfiokit: bool = False  # answers vfiokit-pci's INTx state feature
+    mask_device: int = 0
+    triggers: dict[int, list[int]] = field(default_factory=dict)  # index -> eventfds
+    masked: bool = False
+    unmask_ioctls: int = 0
+    command_writes: list[bytes] = field(default_factory=list)
+    resets: int = 0
+    bound_iommufd: int | None = None
+    attached_ioas: int | None = None
+
+
+@dataclass
+class _Fd:
+    kind: str  # container, group, device, cdev, iommufd, eventfd
+    obj: object = None
+
+
+class FakeSyscalls:
+    def __init__(
+        self, *, memlock: int = 64 << 20, iova_ranges: list[tuple[int, int]] | None = None
+    ):
+        self.devices: dict[str, FakeDevice] = {}
+        self.fds: dict[int, _Fd] = {}
+        self._next_fd = 1000
+        self.memlock = memlock
+        self.iova_ranges = iova_ranges or [(0, 0xFEDFFFFF), (0xFEF00000, (1 << 48) - 1)]
+        self.mappings: dict[int, tuple[int, int]] = {}  # iova -> (vaddr, size)
+        self.failures: dict[int, list[int]] = {}
+        self.container_groups: list[str] = []
+        self.iommu_set = False
+        self.ioas_next = 1
+        self.calls: list[str] = []
+
+    # -- scripting --------------------------------------------------------------------------
+    def add_device(
+        self,
+        address: str,
+        *,
+        group: str = "1",
+        cdev: str | None = "vfio0",
+        bar0_size: int = 0x100000,
+        intx: bool = True,
+        msi: int = 1,
+        msix: int = 0,
+        vfiokit: bool = False,
+        sparse: list[tuple[int, int]] | None = None,
+        can_reset: bool = True,
+    ) -> FakeDevice:
+        rw = U.VFIO_REGION_INFO_FLAG_READ | U.VFIO_REGION_INFO_FLAG_WRITE
+        regions = {
+            0: FakeRegion(
+                rw | U.VFIO_REGION_INFO_FLAG_MMAP, bar0_size, bytearray(bar0_size), sparse
+            ),
+            U.VFIO_PCI_CONFIG_REGION_INDEX: FakeRegion(rw, 256, bytearray(256)),
+        }
+        cfg = regions[U.VFIO_PCI_CONFIG_REGION_INDEX].data
+        cfg[0:4] = struct.pack("<HH", 0x1234, 0x11E8)
+        cfg[4:6] = struct.pack("<H", 0x0006)  # memory + bus master
+        cfg[0x3D] = 1 if intx else 0
+        eventfd = U.VFIO_IRQ_INFO_EVENTFD
+        irqs = {
+            U.VFIO_PCI_INTX_IRQ_INDEX: (
+                eventfd | U.VFIO_IRQ_INFO_MASKABLE | U.VFIO_IRQ_INFO_AUTOMASKED,
+                int(intx),
+            ),
+            U.VFIO_PCI_MSI_IRQ_INDEX: (eventfd | U.VFIO_IRQ_INFO_NORESIZE, msi),
+            U.VFIO_PCI_MSIX_IRQ_INDEX: (eventfd | U.VFIO_IRQ_INFO_NORESIZE, msix),
+        }
+        dev = FakeDevice(address, group, cdev, regions, irqs, can_reset, vfiokit)
+        self.devices[address] = dev
+        return dev
+
+    def fail(self, request: int, err: int, times: int = 1) -> None:
+        self.failures.setdefault(request, []).extend([err] * times)
+
+    def fire(self, dev: FakeDevice, index: int, vector: int = 0) -> None:
+        """The device raises interrupt `vector` of `index` (INTx is then masked)."""
+        if index == U.VFIO_PCI_INTX_IRQ_INDEX:
+            if dev.masked:
+                return
+            dev.masked = True
+        fds = dev.triggers.get(index, [])
+        if vector < len(fds) and fds[vector] >= 0:
+            os.eventfd_write(fds[vector], 1)
+
+    @property
+    def open_fds(self) -> int:
+        return len(self.fds)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _new(self, kind: str, obj: object = None) -> int:
+        fd = self._next_fd
+        self._next_fd += 1
+        self.fds[fd] = _Fd(kind, obj)
+        return fd
+
+    def _get(self, fd: int, *kinds: str) -> _Fd:
+        f = self.fds.get(fd)
+        if f is None:
+            raise VfioError("fake", E.EBADF)
+        if kinds and f.kind not in kinds:
+            raise VfioError("fake", E.ENOTTY)
+        return f
+
+    @staticmethod
+    def _oserror(op: str, code: int) -> VfioError:
+        return error(op, OSError(code, os.strerror(code)))  # type: ignore[return-value]
+
+    # -- Syscalls ---------------------------------------------------------------------------
+    def open(self, path: str, flags: int = os.O_RDWR) -> int:
+        self.calls.append(f"open {path}")
+        if path == "/dev/vfio/vfio":
+            return self._new("container")
+        if path == "/dev/iommu":
+            return self._new("iommufd")
+        if path.startswith("/dev/vfio/devices/"):
+            name = path.rsplit("/", 1)[1]
+            for dev in self.devices.values():
+                if dev.cdev == name:
+                    return self._new("cdev", dev)
+        elif path.startswith("/dev/vfio/"):
+            group = path.rsplit("/", 1)[1]
+            if any(d.group == group for d in self.devices.values()):
+                return self._new("group", group)
+        raise self._oserror("open", E.ENOENT)
+
+    def close(self, fd: int) -> None:
+        f = self.fds.pop(fd, None)
+        if f is None:
+            raise self._oserror("close", E.EBADF)
+        if f.kind == "eventfd":
+            os.close(f.obj)  # type: ignore[arg-type]
+        if f.kind in ("device", "cdev") and isinstance(f.obj, FakeDevice):
+            f.obj.triggers.clear()
+
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
+        pending = self.failures.get(request)
+        if pending:
+            raise self._oserror(_ioctl_name(request), pending.pop(0))
+        f = self._get(fd)
+        handler = getattr(self, f"_ioctl_{f.kind}")
+        return handler(f, request, arg)
+
+    def _ioctl_container(self, f: _Fd, req: int, arg: int | bytearray) -> int:
+        if req == U.VFIO_GET_API_VERSION:
+            return U.VFIO_API_VERSION
+        if req == U.VFIO_CHECK_EXTENSION:
+            return 1 if arg in (U.VFIO_TYPE1_IOMMU, U.VFIO_TYPE1v2_IOMMU) else 0
+        if req == U.VFIO_SET_IOMMU:
+            if not self.container_groups:
+                raise self._oserror("VFIO_SET_IOMMU", E.EINVAL)
+            self.iommu_set = True
+            return 0
+        if req == U.VFIO_IOMMU_GET_INFO:
+            return self._iommu_info(arg)  # type: ignore[arg-type]
+        if req in (U.VFIO_IOMMU_MAP_DMA, U.VFIO_IOMMU_UNMAP_DMA):
+            if not self.iommu_set:
+                raise self._oserror("DMA", E.EINVAL)
+            if req == U.VFIO_IOMMU_MAP_DMA:
+                m = U.vfio_iommu_type1_dma_map.parse(arg)  # type: ignore[arg-type]
+                return self._map(m.vaddr, m.iova, m.size)
+            u = U.vfio_iommu_type1_dma_unmap.parse(arg)  # type: ignore[arg-type]
+            return self._unmap(u.iova, u.size)
+        raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
+
+    def _iommu_info(self, buf: bytearray) -> int:
+        base = ctypes.sizeof(U.vfio_iommu_type1_info)
+        cap = ctypes.sizeof(U.vfio_iommu_type1_info_cap_iova_range)
+        step = ctypes.sizeof(U.vfio_iova_range)
+        need = base + cap + step * len(self.iova_ranges)
+        argsz = U.vfio_iommu_type1_info.parse(buf).argsz
+        flags = U.VFIO_IOMMU_INFO_PGSIZES | U.VFIO_IOMMU_INFO_CAPS
+        if argsz < need:
+            buf[:base] = bytes(U.vfio_iommu_type1_info(need, flags, 0x1000, 0))
+            return 0
+        buf[:base] = bytes(U.vfio_iommu_type1_info(need, flags, 0x1000, base))
+        hdr = U.vfio_info_cap_header(U.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, 1, 0)
+        buf[base : base + cap] = bytes(
+            U.vfio_iommu_type1_info_cap_iova_range(hdr, len(self.iova_ranges), 0)
+        )
+        for i, (a, b) in enumerate(self.iova_ranges):
+            buf[base + cap + i * step : base + cap + (i + 1) * step] = bytes(
+                U.vfio_iova_range(a, b)
+            )
+        return 0
+
+    def _map(self, vaddr: int, iova: int, size: int) -> int:
+        if size == 0 or iova % mmap.PAGESIZE or size % mmap.PAGESIZE:
+            raise self._oserror("DMA map", E.EINVAL)
+        if not any(a <= iova and iova + size - 1 <= b for a, b in self.iova_ranges):
+            raise self._oserror("DMA map", E.EINVAL)
+        for start, (_, length) in self.mappings.items():
+            if start < iova + size and iova < start + length:
+                raise self._oserror("DMA map", E.EEXIST)
+        if sum(s for _, s in self.mappings.values()) + size > self.memlock:
+            raise self._oserror("DMA map", E.ENOMEM)
+        self.mappings[iova] = (vaddr, size)
+        return 0
+
+    def _unmap(self, iova: int, size: int) -> int:
+        if self.mappings.get(iova, (0, -1))[1] != size:
+            raise self._oserror("DMA unmap", E.EINVAL)
+        del self.mappings[iova]
+        return 0
+
+    def _ioctl_group(self, f: _Fd, req: int, arg: int | bytearray) -> int:
+        group = f.obj
+        if req == U.VFIO_GROUP_GET_STATUS:
+            flags = U.VFIO_GROUP_FLAGS_VIABLE
+            if group in self.container_groups:
+                flags |= U.VFIO_GROUP_FLAGS_CONTAINER_SET
+            arg[:8] = bytes(U.vfio_group_status(8, flags))  # type: ignore[index]
+            return 0
+        if req == U.VFIO_GROUP_SET_CONTAINER:
+            cfd = struct.unpack("<i", bytes(arg[:4]))[0]  # type: ignore[index]
+            self._get(cfd, "container")
+            self.container_groups.append(group)  # type: ignore[arg-type]
+            return 0
+        if req == U.VFIO_GROUP_GET_DEVICE_FD:
+            if group not in self.container_groups or not self.iommu_set:
+                raise self._oserror("VFIO_GROUP_GET_DEVICE_FD", E.EINVAL)
+            name = bytes(arg).split(b"\0", 1)[0].decode()  # type: ignore[arg-type]
+            dev = self.devices.get(name)
+            if dev is None or dev.group != group:
+                raise self._oserror("VFIO_GROUP_GET_DEVICE_FD", E.ENODEV)
+            return self._new("device", dev)
+        raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
+
+    def _ioctl_iommufd(self, f: _Fd, req: int, arg: bytearray) -> int:  # type: ignore[override]
+        if req == U.IOMMU_IOAS_ALLOC:
+            a = U.iommu_ioas_alloc.parse(arg)
+            a.out_ioas_id = self.ioas_next
+            self.ioas_next += 1
+            arg[: ctypes.sizeof(a)] = bytes(a)
+            return 0
+        if req == U.IOMMU_IOAS_IOVA_RANGES:
+            r = U.iommu_ioas_iova_ranges.parse(arg)
+            n = len(self.iova_ranges)
+            if r.num_iovas < n:
+                r.num_iovas = n
+                arg[: ctypes.sizeof(r)] = bytes(r)
+                raise self._oserror("IOMMU_IOAS_IOVA_RANGES", E.EMSGSIZE)
+            out = (U.iommu_iova_range * n).from_address(r.allowed_iovas)
+            for i, (a, b) in enumerate(self.iova_ranges):
+                out[i].start, out[i].last = a, b
+            r.num_iovas = n
+            arg[: ctypes.sizeof(r)] = bytes(r)
+            return 0
+        if req == U.IOMMU_IOAS_MAP:
+            m = U.iommu_ioas_map.parse(arg)
+            if not m.flags & U.IOMMU_IOAS_MAP_FIXED_IOVA:
+                raise self._oserror("IOMMU_IOAS_MAP", E.EINVAL)
+            return self._map(m.user_va, m.iova, m.length)
+        if req == U.IOMMU_IOAS_UNMAP:
+            u = U.iommu_ioas_unmap.parse(arg)
+            return self._unmap(u.iova, u.length)
+        raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
+
+    def _ioctl_cdev(self, f: _Fd, req: int, arg: int | bytearray) -> int:
+        dev: FakeDevice = f.obj  # type: ignore[assignment]
+        if req == U.VFIO_DEVICE_BIND_IOMMUFD:
+            b = U.vfio_device_bind_iommufd.parse(arg)  # type: ignore[arg-type]
+            self._get(b.iommufd, "iommufd")
+            dev.bound_iommufd = b.iommufd
+            return 0
+        if req == U.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
+            if dev.bound_iommufd is None:
+                raise self._oserror("VFIO_DEVICE_ATTACH_IOMMUFD_PT", E.EINVAL)
+            dev.attached_ioas = U.vfio_device_attach_iommufd_pt.parse(arg).pt_id  # type: ignore[arg-type]
+            return 0
+        if dev.attached_ioas is None:
+            raise self._oserror(f"ioctl {req:#x}", E.EINVAL)
+        return self._ioctl_device(f, req, arg)
+
+    def _ioctl_device(self, f: _Fd, req: int, arg: int | bytearray) -> int:
+        dev: FakeDevice = f.obj  # type: ignore[assignment]
+        buf: bytearray = arg  # type: ignore[assignment]
+        if req == U.VFIO_DEVICE_GET_INFO:
+            flags = U.VFIO_DEVICE_FLAGS_PCI | (U.VFIO_DEVICE_FLAGS_RESET if dev.can_reset else 0)
+            buf[:24] = bytes(U.vfio_device_info(24, flags, U.VFIO_PCI_NUM_REGIONS, 5, 0, 0))
+            return 0
+        if req == U.VFIO_DEVICE_GET_REGION_INFO:
+            return self._region_info(dev, buf)
+        if req == U.VFIO_DEVICE_GET_IRQ_INFO:
+            info = U.vfio_irq_info.parse(buf)
+            if info.index > 4:
+                raise self._oserror("VFIO_DEVICE_GET_IRQ_INFO", E.EINVAL)
+            flags, count = dev.irqs.get(info.index, (U.VFIO_IRQ_INFO_EVENTFD, 0))
+            buf[:16] = bytes(U.vfio_irq_info(16, flags, info.index, count))
+            return 0
+        if req == U.VFIO_DEVICE_SET_IRQS:
+            return self._set_irqs(dev, bytes(buf))
+        if req == U.VFIO_DEVICE_RESET:
+            if not dev.can_reset:
+                raise self._oserror("VFIO_DEVICE_RESET", E.EINVAL)
+            dev.resets += 1
+            return 0
+        if req == U.VFIO_DEVICE_FEATURE:
+            hdr = U.vfio_device_feature.parse(buf)
+            if (hdr.flags & 0xFFFF) != U.VFIOKIT_DEVICE_FEATURE_INTX_STATE or not dev.vfiokit:
+                raise self._oserror("VFIO_DEVICE_FEATURE", E.ENOTTY)
+            st = U.vfiokit_intx_state(1, U.VFIOKIT_INTX_ADAPTIVE, 20, dev.mask_device)
+            st.masked = int(dev.masked)
+            buf[8 : 8 + ctypes.sizeof(st)] = bytes(st)
+            return 0
+        raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
+
+    def _region_info(self, dev: FakeDevice, buf: bytearray) -> int:
+        info = U.vfio_region_info.parse(buf)
+        if info.index >= U.VFIO_PCI_NUM_REGIONS:
+            raise self._oserror("VFIO_DEVICE_GET_REGION_INFO", E.EINVAL)
+        r = dev.regions.get(info.index)
+        size, flags = (r.size, r.flags) if r else (0, 0)
+        base = ctypes.sizeof(U.vfio_region_info)
+        need = base
+        if r and r.sparse is not None:
+            flags |= U.VFIO_REGION_INFO_FLAG_CAPS
+            need += ctypes.sizeof(U.vfio_region_info_cap_sparse_mmap)
+            need += len(r.sparse) * ctypes.sizeof(U.vfio_region_sparse_mmap_area)
+        offset = info.index << REGION_SHIFT
+        if info.argsz < need:
+            buf[:base] = bytes(U.vfio_region_info(need, flags, info.index, 0, size, offset))
+            return 0
+        cap_off = base if need > base else 0
+        buf[:base] = bytes(U.vfio_region_info(need, flags, info.index, cap_off, size, offset))
+        if cap_off and r and r.sparse is not None:
+            hdr = U.vfio_info_cap_header(U.VFIO_REGION_INFO_CAP_SPARSE_MMAP, 1, 0)
+            cap = U.vfio_region_info_cap_sparse_mmap(hdr, len(r.sparse), 0)
+            pos = base + ctypes.sizeof(cap)
+            buf[base:pos] = bytes(cap)
+            step = ctypes.sizeof(U.vfio_region_sparse_mmap_area)
+            for i, (o, s) in enumerate(r.sparse):
+                buf[pos + i * step : pos + (i + 1) * step] = bytes(
+                    U.vfio_region_sparse_mmap_area(o, s)
+                )
+        return 0
+
+    def _set_irqs(self, dev: FakeDevice, data: bytes) -> int:
+        hdr = U.vfio_irq_set.parse(data)
+        action = hdr.flags & (
+            U.VFIO_IRQ_SET_ACTION_MASK
+            | U.VFIO_IRQ_SET_ACTION_UNMASK
+            | U.VFIO_IRQ_SET_ACTION_TRIGGER
+        )
+        dtype = hdr.flags & 7
+        _flags, count = dev.irqs.get(hdr.index, (0, 0))
+        if (
+            hdr.argsz < 20
+            or dtype not in (1, 2, 4)
+            or bin(action).count("1") != 1
+            or (hdr.start + hdr.count > count and not (hdr.count == 0 and dtype == 1))
+        ):
+            raise self._oserror("VFIO_DEVICE_SET_IRQS", E.EINVAL)
+        payload = data[20:]
+        if action == U.VFIO_IRQ_SET_ACTION_TRIGGER:
+            if dtype == U.VFIO_IRQ_SET_DATA_EVENTFD:
+                fds = list(struct.unpack(f"<{hdr.count}i", payload[: 4 * hdr.count]))
+                for efd in fds:
+                    if efd >= 0:
+                        self._get(efd, "eventfd")
+                dev.triggers[hdr.index] = [self.fds[e].obj if e >= 0 else -1 for e in fds]  # type: ignore[misc]
+                if hdr.index == U.VFIO_PCI_INTX_IRQ_INDEX:
+                    dev.masked = False
+            elif hdr.count == 0:
+                dev.triggers.pop(hdr.index, None)
+            else:
+                for i in range(hdr.start, hdr.start + hdr.count):
+                    fds = dev.triggers.get(hdr.index, [])
+                    if i < len(fds) and fds[i] >= 0:
+                        os.eventfd_write(fds[i], 1)
+        elif action == U.VFIO_IRQ_SET_ACTION_UNMASK:
+            dev.unmask_ioctls += 1
+            dev.masked = False
+        elif action == U.VFIO_IRQ_SET_ACTION_MASK:
+            dev.masked = True
+        return 0
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        dev = self._get(fd, "device", "cdev").obj
+        r = dev.regions.get(offset >> REGION_SHIFT)  # type: ignore[union-attr]
+        off = offset & ((1 << REGION_SHIFT) - 1)
+        if r is None or off >= r.size:
+            raise self._oserror("pread", E.EINVAL)
+        return bytes(r.data[off : off + size])
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        dev: FakeDevice = self._get(fd, "device", "cdev").obj  # type: ignore[assignment]
+        index = offset >> REGION_SHIFT
+        r = dev.regions.get(index)
+        off = offset & ((1 << REGION_SHIFT) - 1)
+        if r is None or off + len(data) > r.size:
+            raise self._oserror("pwrite", E.EINVAL)
+        r.data[off : off + len(data)] = data
+        if index == U.VFIO_PCI_CONFIG_REGION_INDEX and off <= 5 and off + len(data) > 4:
+            dev.command_writes.append(bytes(data))
+            if dev.vfiokit and not (r.data[5] & 0x04):
+                dev.masked = False  # vfiokit-pci: clearing INTx Disable unmasks
+        return len(data)
+
+    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> mmap.mmap:
+        dev: FakeDevice = self._get(fd, "device", "cdev").obj  # type: ignore[assignment]
+        r = dev.regions.get(offset >> REGION_SHIFT)
+        off = offset & ((1 << REGION_SHIFT) - 1)
+        if (
+            r is None
+            or not r.flags & U.VFIO_REGION_INFO_FLAG_MMAP
+            or off % mmap.PAGESIZE
+            or off + length > r.size
+        ):
+            raise self._oserror("mmap", E.EINVAL)
+        m = mmap.mmap(-1, length)
+        m[:] = bytes(r.data[off : off + length])
+        return m
+
+    def anon_mmap(self, length: int) -> mmap.mmap:
+        return mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+    def address_of(self, buf: mmap.mmap) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+    def eventfd(self, nonblock: bool = True) -> int:
+        real = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        return self._new("eventfd", real)
+
+    def _real(self, fd: int) -> int:
+        return self._get(fd, "eventfd").obj  # type: ignore[return-value]
+
+    def eventfd_read(self, fd: int) -> int:
+        try:
+            return os.eventfd_read(self._real(fd))
+        except BlockingIOError:
+            return 0
+
+    def eventfd_write(self, fd: int, value: int = 1) -> None:
+        os.eventfd_write(self._real(fd), value)
+
+    def pollable(self, fd: int) -> int:
+        return self._real(fd)
+
+    def wait_readable(self, fds: list[int], timeout: float | None) -> list[int]:
+        real = {self._real(fd): fd for fd in fds}
+        ready, _, _ = select.select(list(real), [], [], timeout)
+        return [real[r] for r in ready]

@@ -1,0 +1,217 @@
+"""DMA address spaces: the legacy VFIO container (type1v2) and iommufd (an IOAS).
+
+Both offer the same small interface (`map`, `unmap`, `iova_ranges`, `close`), so a device
+and its DMA buffers do not care which uAPI the kernel offers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import Unsupported
+from . import uapi as U
+from .sys import Syscalls, VfioError
+
+# IOVA ranges are inclusive: (first, last).
+IovaRange = tuple[int, int]
+
+
+class DmaSpace(Protocol):
+    kind: str
+
+    def map(
+        self, vaddr: int, iova: int, size: int, *, readable: bool = True, writable: bool = True
+    ) -> None: ...
+    def unmap(self, iova: int, size: int) -> None: ...
+    def iova_ranges(self) -> list[IovaRange]: ...
+    def close(self) -> None: ...
+
+
+def _parse_caps(buf: bytearray, first: int) -> dict[int, int]:
+    """VFIO info capability chain: {cap id: offset}; bounded against loops."""
+    caps: dict[int, int] = {}
+    off = first
+    while off and off + ctypes.sizeof(U.vfio_info_cap_header) <= len(buf) and len(caps) < 32:
+        hdr = U.vfio_info_cap_header.parse(buf, off)
+        if hdr.id in caps:
+            break
+        caps[hdr.id] = off
+        off = hdr.next
+    return caps
+
+
+@dataclass
+class Container:
+    """/dev/vfio/vfio with the type1v2 IOMMU; groups join it (see Group)."""
+
+    sys: Syscalls
+    fd: int
+    kind: str = "legacy"
+    iommu_set: bool = False
+
+    @classmethod
+    def open(cls, sys: Syscalls) -> Container:
+        fd = sys.open("/dev/vfio/vfio")
+        try:
+            version = sys.ioctl(fd, U.VFIO_GET_API_VERSION)
+            if version != U.VFIO_API_VERSION:
+                raise Unsupported(f"unknown VFIO API version {version}")
+            if sys.ioctl(fd, U.VFIO_CHECK_EXTENSION, U.VFIO_TYPE1v2_IOMMU) <= 0:
+                raise Unsupported(
+                    "the VFIO container does not support the type1v2 IOMMU",
+                    remedy="load vfio_iommu_type1, or use the iommufd backend",
+                )
+        except BaseException:
+            sys.close(fd)
+            raise
+        return cls(sys, fd)
+
+    def set_iommu(self) -> None:
+        """After the first group joined: choose the IOMMU model (once)."""
+        if not self.iommu_set:
+            self.sys.ioctl(self.fd, U.VFIO_SET_IOMMU, U.VFIO_TYPE1v2_IOMMU)
+            self.iommu_set = True
+
+    def map(
+        self, vaddr: int, iova: int, size: int, *, readable: bool = True, writable: bool = True
+    ) -> None:
+        flags = (U.VFIO_DMA_MAP_FLAG_READ if readable else 0) | (
+            U.VFIO_DMA_MAP_FLAG_WRITE if writable else 0
+        )
+        arg = U.vfio_iommu_type1_dma_map(
+            ctypes.sizeof(U.vfio_iommu_type1_dma_map), flags, vaddr, iova, size
+        )
+        self.sys.ioctl(self.fd, U.VFIO_IOMMU_MAP_DMA, arg.to_bytes())
+
+    def unmap(self, iova: int, size: int) -> None:
+        arg = U.vfio_iommu_type1_dma_unmap(
+            ctypes.sizeof(U.vfio_iommu_type1_dma_unmap), 0, iova, size
+        )
+        self.sys.ioctl(self.fd, U.VFIO_IOMMU_UNMAP_DMA, arg.to_bytes())
+
+    def iova_ranges(self) -> list[IovaRange]:
+        info = U.vfio_iommu_type1_info(ctypes.sizeof(U.vfio_iommu_type1_info))
+        buf = info.to_bytes()
+        self.sys.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, buf)
+        info = U.vfio_iommu_type1_info.parse(buf)
+        if info.argsz > len(buf):  # capabilities follow: ask again with room for them
+            buf = bytearray(info.argsz)
+            buf[: ctypes.sizeof(info)] = bytes(U.vfio_iommu_type1_info(info.argsz))
+            self.sys.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, buf)
+            info = U.vfio_iommu_type1_info.parse(buf)
+        caps = _parse_caps(buf, info.cap_offset if info.flags & U.VFIO_IOMMU_INFO_CAPS else 0)
+        off = caps.get(U.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE)
+        if off is None:
+            return [(0, (1 << 64) - 1)]
+        cap = U.vfio_iommu_type1_info_cap_iova_range.parse(buf, off)
+        base = off + ctypes.sizeof(cap)
+        size = ctypes.sizeof(U.vfio_iova_range)
+        ranges = [U.vfio_iova_range.parse(buf, base + i * size) for i in range(cap.nr_iovas)]
+        return [(r.start, r.end) for r in ranges]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.sys.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class IommuFd:
+    """/dev/iommu with one IO address space (IOAS) that devices attach to."""
+
+    sys: Syscalls
+    fd: int
+    ioas: int
+    kind: str = "iommufd"
+
+    @classmethod
+    def open(cls, sys: Syscalls) -> IommuFd:
+        fd = sys.open("/dev/iommu")
+        try:
+            arg = U.iommu_ioas_alloc(ctypes.sizeof(U.iommu_ioas_alloc), 0, 0).to_bytes()
+            sys.ioctl(fd, U.IOMMU_IOAS_ALLOC, arg)
+            ioas = U.iommu_ioas_alloc.parse(arg).out_ioas_id
+        except BaseException:
+            sys.close(fd)
+            raise
+        return cls(sys, fd, ioas)
+
+    def map(
+        self, vaddr: int, iova: int, size: int, *, readable: bool = True, writable: bool = True
+    ) -> None:
+        flags = U.IOMMU_IOAS_MAP_FIXED_IOVA
+        flags |= (U.IOMMU_IOAS_MAP_READABLE if readable else 0) | (
+            U.IOMMU_IOAS_MAP_WRITEABLE if writable else 0
+        )
+        arg = U.iommu_ioas_map(
+            ctypes.sizeof(U.iommu_ioas_map), flags, self.ioas, 0, vaddr, size, iova
+        )
+        self.sys.ioctl(self.fd, U.IOMMU_IOAS_MAP, arg.to_bytes())
+
+    def unmap(self, iova: int, size: int) -> None:
+        arg = U.iommu_ioas_unmap(ctypes.sizeof(U.iommu_ioas_unmap), self.ioas, iova, size)
+        self.sys.ioctl(self.fd, U.IOMMU_IOAS_UNMAP, arg.to_bytes())
+
+    def iova_ranges(self) -> list[IovaRange]:
+        hdr = U.iommu_ioas_iova_ranges(ctypes.sizeof(U.iommu_ioas_iova_ranges), self.ioas)
+        buf = hdr.to_bytes()
+        try:
+            self.sys.ioctl(self.fd, U.IOMMU_IOAS_IOVA_RANGES, buf)
+            count = 0
+        except VfioError as exc:  # EMSGSIZE: tells how many ranges there are
+            if exc.errno != 90:
+                raise
+            count = U.iommu_ioas_iova_ranges.parse(buf).num_iovas
+        if count == 0:
+            count = U.iommu_ioas_iova_ranges.parse(buf).num_iovas
+        ranges = (U.iommu_iova_range * count)()
+        hdr = U.iommu_ioas_iova_ranges(
+            ctypes.sizeof(U.iommu_ioas_iova_ranges), self.ioas, count, 0, ctypes.addressof(ranges)
+        )
+        buf = hdr.to_bytes()
+        self.sys.ioctl(self.fd, U.IOMMU_IOAS_IOVA_RANGES, buf)
+        return [(r.start, r.last) for r in ranges]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.sys.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class Group:
+    """/dev/vfio/<N>, joined to a container."""
+
+    sys: Syscalls
+    fd: int
+    number: str
+
+    @classmethod
+    def open(cls, sys: Syscalls, number: str, container: Container) -> Group:
+        fd = sys.open(f"/dev/vfio/{number}")
+        try:
+            status = U.vfio_group_status(ctypes.sizeof(U.vfio_group_status)).to_bytes()
+            sys.ioctl(fd, U.VFIO_GROUP_GET_STATUS, status)
+            if not U.vfio_group_status.parse(status).flags & U.VFIO_GROUP_FLAGS_VIABLE:
+                raise VfioError(
+                    f"IOMMU group {number} is not viable",
+                    22,
+                    remedy="bind every device of the group to vfio-pci (`vfiokit doctor BDF` "
+                    "names the one that blocks it)",
+                )
+            sys.ioctl(fd, U.VFIO_GROUP_SET_CONTAINER, bytearray(ctypes.c_int32(container.fd)))
+            container.set_iommu()
+        except BaseException:
+            sys.close(fd)
+            raise
+        return cls(sys, fd, number)
+
+    def device_fd(self, bdf: str) -> int:
+        return self.sys.ioctl(self.fd, U.VFIO_GROUP_GET_DEVICE_FD, bytearray(bdf.encode() + b"\0"))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.sys.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,254 @@
+"""Interrupts of a VFIO device, delivered through eventfds.
+
+* :class:`Intx` — the legacy INTx interrupt with adaptive unmasking: after each interrupt
+  the driver handles its device, then calls :meth:`Intx.unmask`, which reads the line's
+  mask-device state (vfiokit-pci's device feature) and unmasks the way it says: at the
+  device (clear INTx Disable in the command register, through the config region) or at the
+  line (``VFIO_DEVICE_SET_IRQS`` ``ACTION_UNMASK``). The kernel makes either safe if the
+  state changed in between. On stock vfio-pci the mode is vfio-pci's static choice and the
+  unmask is always the ioctl.
+* :class:`Vectors` — MSI or MSI-X, one eventfd per vector.
+
+The per-interrupt path does no allocation and no sysfs access: buffers are built once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+from dataclasses import dataclass
+
+from ..errors import Unsupported, VfiokitError
+from . import uapi as U
+from .device import Device
+
+PCI_COMMAND_HI = 5  # the command register's high byte: INTx Disable is its bit 2
+INTX_DISABLE_HI = 0x04
+
+
+@dataclass(frozen=True)
+class IntxState:
+    """vfiokit-pci's view of the INTx line (see docs/vfiokit-pci.md)."""
+
+    mode: int
+    irq: int
+    mask_device: bool
+    line_held: bool
+    dev_masked: bool
+    masked: bool
+    line_count: int
+    device_count: int
+
+    @classmethod
+    def parse(cls, data: bytes) -> IntxState:
+        s = U.vfiokit_intx_state.parse(data)
+        return cls(
+            s.mode,
+            s.irq,
+            bool(s.mask_device),
+            bool(s.line_held),
+            bool(s.dev_masked),
+            bool(s.masked),
+            s.line_count,
+            s.device_count,
+        )
+
+
+class _EventfdWaiter:
+    """wait(), fileno() and async waiting over one or more eventfds."""
+
+    device: Device
+    efds: list[int]
+
+    def fileno(self) -> int:
+        """For selectors: readable when the (first) eventfd is signalled."""
+        return self.device.sys.pollable(self.efds[0])
+
+    def _drain(self, fds: list[int]) -> int:
+        return sum(self.device.sys.eventfd_read(fd) for fd in fds)
+
+    async def wait_async(self) -> int:
+        """Wait in an asyncio loop; returns the number of interrupts signalled."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        fds = list(self.efds)
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        pollable = [self.device.sys.pollable(fd) for fd in fds]
+        for fd in pollable:
+            loop.add_reader(fd, ready)
+        try:
+            await fut
+        finally:
+            for fd in pollable:
+                loop.remove_reader(fd)
+        return self._drain(fds)
+
+
+class Intx(_EventfdWaiter):
+    """The device's INTx, enabled with an eventfd trigger on creation."""
+
+    def __init__(self, device: Device, policy: str = "state"):
+        if policy not in ("state", "kernel"):
+            raise VfiokitError(f"unknown unmask policy {policy!r} (state or kernel)")
+        info = device.irq_info(U.VFIO_PCI_INTX_IRQ_INDEX)
+        if info.count < 1 or not info.eventfd:
+            raise Unsupported(
+                f"{device.address} has no INTx (no interrupt pin, or INTx hidden by VFIO)",
+                remedy="use MSI or MSI-X",
+            )
+        self.device = device
+        self.policy = policy
+        sys = device.sys
+        self.efds = [sys.eventfd()]
+        try:
+            device.set_irqs(
+                U.VFIO_PCI_INTX_IRQ_INDEX,
+                U.VFIO_IRQ_SET_DATA_EVENTFD | U.VFIO_IRQ_SET_ACTION_TRIGGER,
+                0,
+                1,
+                eventfds=self.efds,
+            )
+        except BaseException:
+            sys.close(self.efds[0])
+            raise
+        # Built once: the per-interrupt path only issues syscalls with these.
+        self._unmask_arg = U.vfio_irq_set(
+            ctypes.sizeof(U.vfio_irq_set),
+            U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_UNMASK,
+            U.VFIO_PCI_INTX_IRQ_INDEX,
+            0,
+            1,
+        ).to_bytes()
+        hdr = ctypes.sizeof(U.vfio_device_feature)
+        self._state_size = ctypes.sizeof(U.vfiokit_intx_state)
+        self._state_arg = U.vfio_device_feature(
+            hdr + self._state_size,
+            U.VFIOKIT_DEVICE_FEATURE_INTX_STATE | U.VFIO_DEVICE_FEATURE_GET,
+        ).to_bytes() + bytearray(self._state_size)
+        self._mask_device_at = hdr + U.vfiokit_intx_state.mask_device.offset
+        cfg = device.config
+        self._cmd_hi_offset = cfg.offset + PCI_COMMAND_HI
+        self._cmd_hi_unmask = bytes([cfg.read(PCI_COMMAND_HI, 1) & ~INTX_DISABLE_HI & 0xFF])
+        self.vfiokit = self._probe_vfiokit()
+        self.counts = {"line": 0, "device": 0, "kernel": 0}
+
+    def _probe_vfiokit(self) -> bool:
+        try:
+            self.device.sys.ioctl(self.device.fd, U.VFIO_DEVICE_FEATURE, self._state_arg)
+            return True
+        except VfiokitError as exc:
+            if exc.errno in (22, 25, 95):  # EINVAL, ENOTTY, EOPNOTSUPP: stock vfio-pci
+                return False
+            raise
+
+    def state(self) -> IntxState | None:
+        """The line's state from vfiokit-pci; None on stock vfio-pci."""
+        if not self.vfiokit:
+            return None
+        data = self.device.feature_get(U.VFIOKIT_DEVICE_FEATURE_INTX_STATE, self._state_size)
+        return IntxState.parse(data)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the interrupt fires; the number signalled (0 on time-out)."""
+        sys = self.device.sys
+        if not sys.wait_readable(self.efds, timeout):
+            return 0
+        return sys.eventfd_read(self.efds[0])
+
+    def unmask(self) -> str:
+        """Unmask after handling the device; returns how: "line", "device" or "kernel"."""
+        sys = self.device.sys
+        fd = self.device.fd
+        if self.policy == "state" and self.vfiokit:
+            arg = self._state_arg
+            sys.ioctl(fd, U.VFIO_DEVICE_FEATURE, arg)
+            if arg[self._mask_device_at]:
+                sys.pwrite(fd, self._cmd_hi_unmask, self._cmd_hi_offset)
+                self.counts["device"] += 1
+                return "device"
+            sys.ioctl(fd, U.VFIO_DEVICE_SET_IRQS, self._unmask_arg)
+            self.counts["line"] += 1
+            return "line"
+        sys.ioctl(fd, U.VFIO_DEVICE_SET_IRQS, self._unmask_arg)
+        self.counts["kernel"] += 1
+        return "kernel"
+
+    def mask(self) -> None:
+        self.device.set_irqs(
+            U.VFIO_PCI_INTX_IRQ_INDEX, U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_MASK, 0, 1
+        )
+
+    def trigger(self) -> None:
+        """Loopback: make VFIO signal the eventfd (testing)."""
+        self.device.set_irqs(
+            U.VFIO_PCI_INTX_IRQ_INDEX,
+            U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER,
+            0,
+            1,
+        )
+
+    def close(self) -> None:
+        if not self.efds:
+            return
+        if self.device.fd >= 0:
+            self.device.set_irqs(
+                U.VFIO_PCI_INTX_IRQ_INDEX,
+                U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER,
+                0,
+                0,
+            )
+        for fd in self.efds:
+            self.device.sys.close(fd)
+        self.efds = []
+
+
+class Vectors(_EventfdWaiter):
+    """MSI (index 1) or MSI-X (index 2) with `count` vectors, one eventfd each."""
+
+    def __init__(self, device: Device, index: int, count: int):
+        if index not in (U.VFIO_PCI_MSI_IRQ_INDEX, U.VFIO_PCI_MSIX_IRQ_INDEX):
+            raise VfiokitError(f"index {index} is neither MSI (1) nor MSI-X (2)")
+        info = device.irq_info(index)
+        kind = "MSI" if index == U.VFIO_PCI_MSI_IRQ_INDEX else "MSI-X"
+        if not 1 <= count <= info.count:
+            raise Unsupported(f"{device.address} offers {info.count} {kind} vectors, not {count}")
+        self.device = device
+        self.index = index
+        self.efds = [device.sys.eventfd() for _ in range(count)]
+        try:
+            device.set_irqs(
+                index,
+                U.VFIO_IRQ_SET_DATA_EVENTFD | U.VFIO_IRQ_SET_ACTION_TRIGGER,
+                0,
+                count,
+                eventfds=self.efds,
+            )
+        except BaseException:
+            for fd in self.efds:
+                device.sys.close(fd)
+            raise
+
+    def wait(self, timeout: float | None = None) -> list[int]:
+        """Block until any vector fires; the indexes of the vectors that did."""
+        ready = self.device.sys.wait_readable(self.efds, timeout)
+        return [i for i, fd in enumerate(self.efds) if fd in ready and self._drain([fd])]
+
+    def trigger(self, vector: int) -> None:
+        self.device.set_irqs(
+            self.index, U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER, vector, 1
+        )
+
+    def close(self) -> None:
+        if not self.efds:
+            return
+        if self.device.fd >= 0:
+            self.device.set_irqs(
+                self.index, U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0
+            )
+        for fd in self.efds:
+            self.device.sys.close(fd)
+        self.efds = []

@@ -1,0 +1,158 @@
+"""The syscall layer: the only place in vfiokit that opens device nodes, issues ioctls,
+reads and writes device fds, maps memory and makes eventfds.
+
+Everything above it talks to a :class:`Syscalls` object, so unit tests swap in the fake
+(vfiokit.vfio.fake.FakeSyscalls) that models the kernel's side of every ioctl used here.
+Errors come out as VfioError: the operation, the errno and a remedy where one is known.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as E
+import fcntl
+import mmap
+import os
+import select
+from typing import Protocol
+
+from ..errors import Busy, NotFound, PermissionDenied, Unsupported, VfiokitError
+
+
+class VfioError(VfiokitError):
+    """A failed VFIO/iommufd syscall: `op` names it, `errno` is the kernel's answer."""
+
+    def __init__(self, op: str, errno: int, remedy: str | None = None, path: str | None = None):
+        where = f" on {path}" if path else ""
+        super().__init__(f"{op}{where} failed: {os.strerror(errno)}", errno=errno, remedy=remedy)
+        self.op = op
+
+
+_REMEDIES = {
+    E.EACCES: "run as root, or give this user the device with `vfiokit assign BDF --user NAME`",
+    E.EPERM: "run as root; for VFIO_SET_IOMMU without interrupt remapping see `vfiokit doctor`",
+    E.ENOMEM: "DMA mappings are pinned and count against RLIMIT_MEMLOCK: raise it "
+    "(see `vfiokit doctor`)",
+    E.EBUSY: "the device or group is in use by another process or driver",
+    E.ENODEV: "the device is gone or not bound to a VFIO driver (`vfiokit show BDF`)",
+}
+
+
+def error(op: str, exc: OSError, path: str | None = None) -> VfiokitError:
+    """The VfioError (or a more specific vfiokit error) for an OSError from `op`."""
+    code = exc.errno or E.EIO
+    err = VfioError(op, code, _REMEDIES.get(code), path)
+    for cls, codes in (
+        (PermissionDenied, (E.EACCES, E.EPERM)),
+        (NotFound, (E.ENOENT,)),
+        (Busy, (E.EBUSY,)),
+        (Unsupported, (E.ENOTTY, E.EOPNOTSUPP)),
+    ):
+        if code in codes:
+            err.exit_code = cls.exit_code
+    return err
+
+
+class Syscalls(Protocol):
+    def open(self, path: str, flags: int = os.O_RDWR) -> int: ...
+    def close(self, fd: int) -> None: ...
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int: ...
+    def pread(self, fd: int, size: int, offset: int) -> bytes: ...
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int: ...
+    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> mmap.mmap: ...
+    def anon_mmap(self, length: int) -> mmap.mmap: ...
+    def address_of(self, buf: mmap.mmap) -> int: ...
+    def eventfd(self, nonblock: bool = True) -> int: ...
+    def eventfd_read(self, fd: int) -> int: ...
+    def eventfd_write(self, fd: int, value: int = 1) -> None: ...
+    def wait_readable(self, fds: list[int], timeout: float | None) -> list[int]: ...
+    def pollable(self, fd: int) -> int: ...
+
+
+class RealSyscalls:
+    """The real kernel. Every method raises VfioError (never a bare OSError)."""
+
+    def open(self, path: str, flags: int = os.O_RDWR) -> int:
+        try:
+            return os.open(path, flags | os.O_CLOEXEC)
+        except OSError as exc:
+            raise error("open", exc, path) from exc
+
+    def close(self, fd: int) -> None:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            raise error("close", exc) from exc
+
+    def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
+        """An ioctl with an integer (by value) or a buffer (in place, read back).
+
+        A bytearray is passed by pointer and filled in by the kernel; the ioctl's return
+        value comes back either way (fcntl.ioctl with bytes would lose it).
+        """
+        try:
+            if isinstance(arg, bytearray):
+                if len(arg) == 0:
+                    arg = bytearray(1)
+                return fcntl.ioctl(fd, request, arg, True)
+            return fcntl.ioctl(fd, request, arg)
+        except OSError as exc:
+            raise error(_ioctl_name(request), exc) from exc
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        try:
+            return os.pread(fd, size, offset)
+        except OSError as exc:
+            raise error("pread", exc) from exc
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        try:
+            return os.pwrite(fd, data, offset)
+        except OSError as exc:
+            raise error("pwrite", exc) from exc
+
+    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> mmap.mmap:
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        try:
+            return mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset)
+        except OSError as exc:
+            raise error("mmap", exc) from exc
+
+    def anon_mmap(self, length: int) -> mmap.mmap:
+        try:
+            return mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as exc:
+            raise error("mmap", exc) from exc
+
+    def address_of(self, buf: mmap.mmap) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+    def eventfd(self, nonblock: bool = True) -> int:
+        flags = os.EFD_CLOEXEC | (os.EFD_NONBLOCK if nonblock else 0)
+        return os.eventfd(0, flags)
+
+    def eventfd_read(self, fd: int) -> int:
+        try:
+            return os.eventfd_read(fd)
+        except BlockingIOError:
+            return 0
+
+    def eventfd_write(self, fd: int, value: int = 1) -> None:
+        os.eventfd_write(fd, value)
+
+    def wait_readable(self, fds: list[int], timeout: float | None) -> list[int]:
+        ready, _, _ = select.select(fds, [], [], timeout)
+        return ready
+
+    def pollable(self, fd: int) -> int:
+        """The fd to hand to selectors/asyncio for an eventfd made here."""
+        return fd
+
+
+def _ioctl_name(request: int) -> str:
+    from . import uapi
+
+    names = [n for n, v in vars(uapi).items() if n.isupper() and v == request and "_" in n]
+    if not names:
+        return f"ioctl {request:#x}"
+    return "/".join(sorted(names))

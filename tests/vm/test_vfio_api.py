@@ -1,0 +1,134 @@
+"""vfiokit.vfio on the edu devices: both uAPIs (legacy container, iommufd + cdev), on stock
+vfio-pci and on vfiokit-pci, exclusive and shared lines, DMA byte for byte."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import helpers as h
+import pytest
+from test_adaptive import SHARER, nointxmask
+
+from vfiokit import InvalidArgument, NotFound
+from vfiokit.drivers.edu import Edu, EduError
+from vfiokit.vfio import ClosedError, open_device
+
+pytestmark = [
+    pytest.mark.skipif(nointxmask(), reason="this boot forces vfio_pci.nointxmask=1"),
+    pytest.mark.usefixtures("vfiokit_modules"),
+]
+
+COMBOS = [(b, d) for b in ("legacy", "iommufd") for d in ("vfio-pci", "vfiokit-pci")]
+
+
+@pytest.fixture(params=COMBOS, ids=[f"{b}-{d}" for b, d in COMBOS])
+def edu(request, topology) -> Iterator[Edu]:
+    backend, driver = request.param
+    dev = topology.by_name("edu_alone")
+    fds = len(os.listdir("/proc/self/fd"))
+    with (
+        h.bound(dev.address, driver),
+        open_device(dev.address, backend=backend, dma_limit=Edu.DMA_LIMIT) as vd,
+    ):
+        assert vd.backend == backend
+        e = Edu(vd)
+        yield e
+        e.close()
+    assert len(os.listdir("/proc/self/fd")) == fds, "file descriptors leaked"
+
+
+def test_identify_and_liveness(edu: Edu) -> None:
+    assert edu.identify() == (1, 0)
+    assert edu.alive() and edu.alive(0x12345678)
+    bar = edu.vd.device.bar(0)
+    assert bar.read(0) == 0x010000ED  # pread path agrees with the mmap path
+    bar.write(0x04, 0xFFFF0000)
+    assert edu.read(0x04) == 0x0000FFFF
+
+
+def test_factorial_with_interrupt(edu: Edu) -> None:
+    assert edu.factorial(10) == 3628800
+    assert edu.factorial(12) == 479001600
+
+
+def test_interrupt_round_trips_and_modes(edu: Edu) -> None:
+    for i in range(30):
+        edu.raise_irq(1 << (i % 8))
+        assert edu.wait_irq() == 1 << (i % 8)
+    assert edu.intx is not None and edu.intx.wait(0.05) == 0
+    counts = edu.intx.counts
+    if edu.intx.vfiokit:
+        assert counts == {"line": 30, "device": 0, "kernel": 0}
+        st = edu.intx.state()
+        assert st is not None and st.line_count == 30 and not st.masked
+    else:
+        assert counts == {"line": 0, "device": 0, "kernel": 30}
+
+
+def test_dma_both_ways_byte_for_byte(edu: Edu) -> None:
+    data = os.urandom(4095)
+    edu.dma_to_device(data)
+    assert edu.dma_from_device(4095) == data
+    assert edu.dma_roundtrip(b"vfiokit") == b"vfiokit"
+    part = edu.dma_from_device(100, offset=50)
+    assert part == data[50:150]
+
+
+def test_bad_input(edu: Edu) -> None:
+    bar = edu.vd.device.bar(0)
+    with pytest.raises(InvalidArgument):
+        bar.read(bar.size, 4)
+    with pytest.raises(InvalidArgument):
+        bar.read(2, 4)
+    with pytest.raises(InvalidArgument):
+        bar.write(0x04, 1 << 40, 4)
+    with pytest.raises(InvalidArgument):
+        edu.vd.device.region(99)
+    with pytest.raises(EduError):
+        edu.dma_to_device(bytes(4096))  # would end on the last byte: refused, VM survives
+
+
+def test_adaptive_modes_follow_the_sharer(topology) -> None:
+    dev = topology.by_name("edu_alone")
+    with h.bound(dev.address, "vfiokit-pci"), open_device(dev.address) as vd:
+        edu = Edu(vd)
+        assert edu.intx is not None and edu.intx.vfiokit
+        edu.raise_irq(1)
+        edu.wait_irq()
+        SHARER.write_text(str(dev.gsi))
+        try:
+            for _ in range(5):
+                edu.raise_irq(2)
+                edu.wait_irq()
+        finally:
+            SHARER.write_text("0")
+        edu.raise_irq(4)
+        edu.wait_irq()
+        assert edu.intx.counts == {"line": 2, "device": 5, "kernel": 0}
+        edu.close()
+
+
+def test_msi(topology) -> None:
+    dev = topology.by_name("edu_a")
+    with h.bound(dev.address, "vfio-pci"), open_device(dev.address) as vd:
+        edu = Edu(vd, irq=False)
+        vec = vd.msi(1)
+        for _ in range(5):
+            edu.raise_irq(1)
+            assert vec.wait(2) == [0]
+            edu.write(0x64, 1)
+        edu.close()
+
+
+def test_use_after_close_and_wrong_address(topology) -> None:
+    dev = topology.by_name("edu_alone")
+    with h.bound(dev.address, "vfio-pci"):
+        vd = open_device(dev.address)
+        region = vd.device.bar(0)
+        vd.close()
+        with pytest.raises(ClosedError):
+            region.read(0)
+        vd.close()  # twice is fine
+    with pytest.raises(NotFound):
+        open_device("0000:00:1e.0")

@@ -1,0 +1,1 @@
+"""Userspace drivers built on vfiokit.vfio."""

@@ -216,3 +216,38 @@ class FakeSys:
         (self.root / "sys/module/vfio_pci").mkdir(parents=True, exist_ok=True)
         (self.root / "sys/bus/pci/drivers/vfio-pci").mkdir(parents=True, exist_ok=True)
         self.write("dev/vfio/vfio", "")
+
+
+class FakeSysfsKernel:
+    """Plays the kernel's part when vfiokit writes to a FakeSys tree: unbind, driver_override,
+    drivers_probe. `native` is the driver the kernel would pick without an override;
+    `refuse` lists (address, driver) probes that fail, as a driver's probe() may."""
+
+    def __init__(self, fake: FakeSys, native: dict[str, str] | None = None):
+        self.fake = fake
+        self.native = native or {}
+        self.refuse: set[tuple[str, str]] = set()
+        self.log: list[tuple[str, str]] = []
+
+    def write(self, rel: str, text: str) -> None:
+        rel = rel.lstrip("/")
+        self.log.append((rel, text))
+        root = self.fake.root
+        if rel == "sys/bus/pci/drivers_probe":
+            addr = text.strip()
+            dev = root / "sys/bus/pci/devices" / addr
+            if (dev / "driver").is_symlink():
+                return
+            override = (dev / "driver_override").read_text().strip()
+            drv = override if override and override != "(null)" else self.native.get(addr)
+            if drv and (addr, drv) not in self.refuse:
+                self.fake.bind(addr, drv)
+            return
+        if rel.endswith("/driver/unbind"):
+            dev = root / rel.removesuffix("/driver/unbind")
+            (dev / "driver").unlink()
+            return
+        if rel.endswith("/driver_override"):
+            (root / rel).write_text((text.strip() or "(null)") + "\n")
+            return
+        raise AssertionError(f"unexpected sysfs write {rel!r}")

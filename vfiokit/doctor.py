@@ -55,7 +55,7 @@ def exit_code(checks: list[Check]) -> ExitCode:
 # host checks
 
 
-def _kernel_module(sysroot: SysRoot, name: str) -> str:
+def kernel_module(sysroot: SysRoot, name: str) -> str:
     """'loaded', 'builtin', 'available' or 'missing' for kernel module `name`."""
     if sysroot.exists(f"/sys/module/{name}"):
         return "loaded"
@@ -121,7 +121,7 @@ def check_modules(sysroot: SysRoot) -> list[Check]:
         ("vfio_iommu_type1", False),
         ("iommufd", False),
     ):
-        st = _kernel_module(sysroot, name)
+        st = kernel_module(sysroot, name)
         if name == "vfio" and st == "missing" and sysroot.exists("/dev/vfio/vfio"):
             st = "builtin"
         if (

@@ -102,7 +102,13 @@ def run_job(
         (results / "cmd").write_text(
             "shell\n" if interactive else "exec " + shlex.join(argv) + "\n"
         )
-        env = {"VFIOKIT_KERNEL_OUT": str(kernel.parent), **(env or {})}
+        # The kernel's out-of-tree modules travel in the results share: the cache may live
+        # where the guest cannot see it (under /tmp, which the guest mounts afresh).
+        kmods = results / "kmods"
+        kmods.mkdir()
+        for ko in kernel.parent.glob("*.ko"):
+            shutil.copy(ko, kmods)
+        env = {"VFIOKIT_KERNEL_OUT": "/run/vfiokit-results/kmods", **(env or {})}
         (results / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         shares = {
             "hostroot": (Path("/"), True),

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from fakesys import FakeSys
 from typer.testing import CliRunner
 
+from fakesys import FakeSys
 from unit import scenarios
 from vfiokit.cli import app
 from vfiokit.errors import ExitCode

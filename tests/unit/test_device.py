@@ -1,8 +1,8 @@
 """The device model and the line/group views on fake hosts."""
 
 import pytest
-from fakesys import FakeSys, msi_cap
 
+from fakesys import FakeSys, msi_cap
 from unit import scenarios
 from vfiokit import NotFound, SysRoot, intx, iommu
 from vfiokit import device as devmod

@@ -1,7 +1,6 @@
 import resource
 
 from fakesys import FakeSys
-
 from unit import scenarios
 from vfiokit import ExitCode, SysRoot
 from vfiokit import doctor as doc

@@ -1,7 +1,7 @@
-from fakesys import config_space, msi_cap, msix_cap, pcie_cap
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fakesys import config_space, msi_cap, msix_cap, pcie_cap
 from vfiokit import pciconfig as pc
 
 

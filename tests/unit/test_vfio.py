@@ -7,8 +7,8 @@ import errno
 import selectors
 
 import pytest
-from fakesys import FakeSys
 
+from fakesys import FakeSys
 from vfiokit import InvalidArgument, NotFound, Unsupported
 from vfiokit.vfio import ClosedError, IovaAllocator, VfioDevice, VfioError, choose_backend
 from vfiokit.vfio import uapi as U

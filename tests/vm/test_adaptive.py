@@ -14,8 +14,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import helpers as h
 import pytest
+
+import helpers as h
 
 ADAPTIVE, EXCLUSIVE = 1, 2
 SHARER = Path("/sys/module/vfiokit_test_sharer/parameters/irq")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import errno
 import subprocess
 
-import helpers as h
 import pytest
+
+import helpers as h
 from test_adaptive import EXCLUSIVE, nic_iface, nointxmask, opened, round_trip, set_link
 
 pytestmark = [

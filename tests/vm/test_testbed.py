@@ -6,8 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
-import helpers as h
 import pytest
+
+import helpers as h
 
 IDS = {"edu": (0x1234, 0x11E8), "e1000": (0x8086, 0x100E)}
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import helpers as h
 import pytest
-from test_adaptive import SHARER, nointxmask
 
+import helpers as h
+from test_adaptive import SHARER, nointxmask
 from vfiokit import InvalidArgument, NotFound
 from vfiokit.drivers.edu import Edu, EduError
 from vfiokit.vfio import ClosedError, open_device

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import typer
 
+from . import bind_cmds, inspect_cmds
 from . import errors as _errors
-from . import inspect_cmds
 
 app = typer.Typer(
     name="vfiokit",
@@ -20,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 inspect_cmds.register(app)
+bind_cmds.register(app)
 
 
 @app.callback()

@@ -1,0 +1,256 @@
+"""Binding devices to a VFIO driver, group-aware and transactional, and putting them back.
+
+plan_bind() only reads: which devices of the named devices' IOMMU groups must move, which
+are left alone (bridges, devices already on a VFIO driver) and which are in use. bind()
+executes a plan: it journals each device's prior state before touching it, binds through
+driver_override, verifies, and on any failure restores everything it did. restore() puts
+journaled devices back, also after a run that was killed half-way.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .. import device as devmod
+from .. import iommu
+from ..doctor import kernel_module
+from ..errors import Busy, NotFound, PermissionDenied, Unsupported, VfiokitError
+from ..sysroot import SysRoot
+from .inuse import HostState, Use, root_devices, uses
+from .journal import Entry, Journal
+
+DRIVERS = ("vfiokit-pci", "vfio-pci")
+_MODULES = {"vfiokit-pci": "vfiokit_pci", "vfio-pci": "vfio-pci"}
+
+
+class Writer(Protocol):
+    def write(self, rel: str, text: str) -> None: ...
+
+
+class SysfsWriter:
+    """Writes to the kernel's sysfs (the real one, or a SysRoot's tree)."""
+
+    def __init__(self, sysroot: SysRoot):
+        self.sysroot = sysroot
+
+    def write(self, rel: str, text: str) -> None:
+        try:
+            with open(self.sysroot.path(rel), "w") as f:
+                f.write(text)
+        except OSError as exc:
+            if exc.errno in (E.EACCES, E.EPERM):
+                raise PermissionDenied(
+                    f"writing {rel}: permission denied", errno=exc.errno, remedy="run as root"
+                ) from exc
+            raise VfiokitError(f"writing {text.strip()!r} to {rel} failed: {exc.strerror}",
+                               errno=exc.errno) from exc  # fmt: skip
+
+
+@dataclass
+class Step:
+    address: str
+    driver: str | None
+    override: str | None
+    reason: str
+
+
+@dataclass
+class Plan:
+    target: str
+    requested: list[str]
+    steps: list[Step] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    uses: list[Use] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)  # address -> group
+
+    def refusals(self, force: bool) -> list[Use]:
+        return [u for u in self.uses if u.fatal or not force]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "driver": self.target,
+            "requested": self.requested,
+            "steps": [s.__dict__ for s in self.steps],
+            "skipped": [{"address": a, "why": w} for a, w in self.skipped],
+            "in_use": [u.__dict__ for u in self.uses],
+        }
+
+
+def default_driver(sysroot: SysRoot) -> str:
+    """vfiokit-pci where its module is there (and the kernel patched), else vfio-pci."""
+    if sysroot.exists("/sys/bus/pci/drivers/vfiokit-pci"):
+        return "vfiokit-pci"
+    if kernel_module(sysroot, "vfiokit_pci") == "available":
+        return "vfiokit-pci"
+    return "vfio-pci"
+
+
+def plan_bind(sysroot: SysRoot, addresses: list[str], driver: str | None = None,
+              host: HostState | None = None) -> Plan:  # fmt: skip
+    target = driver or default_driver(sysroot)
+    if target not in DRIVERS:
+        raise Unsupported(f"unknown driver {target!r}", remedy=f"one of {', '.join(DRIVERS)}")
+    wanted = [devmod.resolve(sysroot, a) for a in addresses]
+    host = host or HostState.read()
+    root_pcis = root_devices(sysroot, host)
+    plan = Plan(target, wanted)
+    seen: set[str] = set()
+    for addr in wanted:
+        dev = devmod.read_device(sysroot, addr)
+        if dev.iommu_group is None:
+            raise Unsupported(
+                f"{addr} has no IOMMU group: VFIO cannot take it",
+                remedy="enable the IOMMU (`vfiokit doctor`)",
+            )
+        group = iommu.read_group(sysroot, dev.iommu_group)
+        for m in group.members:
+            if m.address in seen:
+                continue
+            seen.add(m.address)
+            plan.groups[m.address] = group.number
+            why = (
+                "requested" if m.address in wanted else f"in IOMMU group {group.number} with {addr}"
+            )
+            if m.driver == target:
+                plan.skipped.append((m.address, f"already bound to {target}"))
+                continue
+            if m.address not in wanted and (
+                iommu.is_vfio_driver(m.driver) or m.driver in iommu.HARMLESS_DRIVERS
+            ):
+                plan.skipped.append((m.address, f"left on {m.driver}: does not block the group"))
+                continue
+            if m.address not in wanted and m.driver is None:
+                plan.skipped.append((m.address, "no driver: does not block the group"))
+                continue
+            member = dev if m.address == addr else devmod.read_device(sysroot, m.address)
+            plan.uses.extend(uses(sysroot, member, host, root_pcis))
+            plan.steps.append(Step(m.address, m.driver, member.driver_override, why))
+    return plan
+
+
+class Binder:
+    """Executes plans against sysfs, with a journal. All waits are bounded."""
+
+    def __init__(self, sysroot: SysRoot | None = None, writer: Writer | None = None,
+                 journal: Journal | None = None, progress: Callable[[str], None] | None = None,
+                 timeout: float = 5.0):  # fmt: skip
+        self.sysroot = sysroot or SysRoot()
+        self.writer = writer or SysfsWriter(self.sysroot)
+        self.journal = journal or Journal()
+        self.progress = progress or (lambda _msg: None)
+        self.timeout = timeout
+
+    # -- primitives -------------------------------------------------------------------------
+    def _driver(self, addr: str) -> str | None:
+        return self.sysroot.link_name(f"/sys/bus/pci/devices/{addr}/driver")
+
+    def _wait(self, pred: Callable[[], bool], what: str) -> None:
+        end = time.monotonic() + self.timeout
+        while not pred():
+            if time.monotonic() > end:
+                raise VfiokitError(f"timed out waiting for {what}", errno=E.ETIMEDOUT)
+            time.sleep(0.02)
+
+    def _probe_as(self, addr: str, driver: str | None) -> None:
+        """Unbind, then probe with driver_override = driver (None: the kernel's choice)."""
+        base = f"/sys/bus/pci/devices/{addr}"
+        if self._driver(addr):
+            self.writer.write(f"{base}/driver/unbind", addr)
+        self.writer.write(f"{base}/driver_override", driver or "\n")
+        try:
+            self.writer.write("/sys/bus/pci/drivers_probe", addr)
+        except VfiokitError:
+            if driver is not None:
+                raise
+        if driver is not None:
+            self._wait(lambda: self._driver(addr) == driver, f"{addr} to bind to {driver}")
+
+    def ensure_driver(self, driver: str) -> None:
+        if self.sysroot.exists(f"/sys/bus/pci/drivers/{driver}"):
+            return
+        res = subprocess.run(["modprobe", _MODULES[driver]], capture_output=True, text=True,
+                             check=False)  # fmt: skip
+        if res.returncode != 0 or not self.sysroot.exists(f"/sys/bus/pci/drivers/{driver}"):
+            raise NotFound(
+                f"driver {driver} is not available: {res.stderr.strip() or 'modprobe failed'}",
+                remedy="install the module (docs/install.md) or use --driver vfio-pci",
+            )
+
+    # -- verbs ------------------------------------------------------------------------------
+    def bind(self, plan: Plan, force: bool = False) -> list[str]:
+        refusals = plan.refusals(force)
+        if refusals:
+            fatal = any(u.fatal for u in refusals)
+            u = refusals[0]
+            raise Busy(
+                f"{u.address} is in use: {u.what}",
+                remedy="this device is never taken" if fatal else "stop using it, or pass --force",
+            )
+        if os.geteuid() != 0 and isinstance(self.writer, SysfsWriter) and self.sysroot.is_host:
+            raise PermissionDenied("binding needs root", remedy="run as root (sudo)")
+        self.ensure_driver(plan.target)
+        done: list[Step] = []
+        try:
+            for step in plan.steps:
+                self.journal.record(Entry.new(step.address, step.driver, step.override,
+                                              plan.target))  # fmt: skip
+                done.append(step)
+                self.progress(f"{step.address}: {step.driver or 'no driver'} -> {plan.target}")
+                self._probe_as(step.address, plan.target)
+                # A stale override would keep the native driver away after an unbind.
+                self.writer.write(f"/sys/bus/pci/devices/{step.address}/driver_override", "\n")
+            for group in sorted(set(plan.groups.values())):
+                if not self.sysroot.is_host:
+                    break
+                self._wait(lambda g=group: self.sysroot.exists(f"/dev/vfio/{g}"),
+                           f"/dev/vfio/{group}")  # fmt: skip
+        except BaseException:
+            self.progress("failed: restoring what was changed")
+            for step in reversed(done):
+                self.restore_one(step.address)
+            raise
+        return [s.address for s in plan.steps]
+
+    def restore_one(self, addr: str) -> bool:
+        """Put a journaled device back as it was; False if it has no journal entry."""
+        entry = self.journal.get(addr)
+        if entry is None:
+            return False
+        self.progress(
+            f"{addr}: {self._driver(addr) or 'no driver'} -> {entry.driver or 'no driver'}"
+        )
+        if entry.driver is None:
+            if self._driver(addr):
+                self.writer.write(f"/sys/bus/pci/devices/{addr}/driver/unbind", addr)
+        elif self._driver(addr) != entry.driver:
+            self._probe_as(addr, entry.driver)
+        self.writer.write(f"/sys/bus/pci/devices/{addr}/driver_override",
+                          entry.driver_override or "\n")  # fmt: skip
+        self.journal.remove(addr)
+        return True
+
+    def restore(self, addresses: list[str] | None = None) -> list[str]:
+        """Restore the named devices, or every journaled one. Idempotent."""
+        todo = addresses if addresses is not None else [e.address for e in self.journal.entries()]
+        return [a for a in todo if self.restore_one(a)]
+
+    def unbind(self, addresses: list[str]) -> list[str]:
+        """Give devices back: to their journaled driver, else to the kernel's choice."""
+        out = []
+        for addr in addresses:
+            addr = devmod.resolve(self.sysroot, addr)
+            if self.restore_one(addr):
+                out.append(addr)
+                continue
+            if self._driver(addr) is None:
+                continue
+            self.progress(f"{addr}: {self._driver(addr)} -> the kernel's choice")
+            self._probe_as(addr, None)
+            out.append(addr)
+        return out

@@ -1,0 +1,119 @@
+"""Is a device in use by the host? Network interfaces that are up with addresses, block
+devices that are mounted, held (dm, md) or used as swap, and the device that holds the
+root file system (which vfiokit never takes, --force or not)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from ..device import PciDevice
+from ..sysroot import SysRoot
+
+
+@dataclass(frozen=True)
+class Use:
+    address: str
+    what: str
+    fatal: bool = False  # the root file system: refused even with --force
+
+
+@dataclass
+class HostState:
+    """What is mounted and which interfaces are up: read once per plan (psutil)."""
+
+    mounts: dict[str, str]  # device (path, or a 9p mount tag) -> mount point
+    net: dict[str, tuple[bool, list[str]]]  # interface -> (up, IP addresses)
+
+    @classmethod
+    def read(cls) -> HostState:
+        mounts = {p.device: p.mountpoint for p in psutil.disk_partitions(all=True)}
+        stats = psutil.net_if_stats()
+        net = {}
+        for iface, addrs in psutil.net_if_addrs().items():
+            ips = [a.address for a in addrs if a.family.name in ("AF_INET", "AF_INET6")]
+            net[iface] = (bool(stats.get(iface) and stats[iface].isup), ips)
+        return cls(mounts, net)
+
+
+def _pci_of(path: Path) -> str | None:
+    """The PCI address among the ancestors of a sysfs device path."""
+    for part in reversed(path.parts):
+        if len(part) == 12 and part[4] == ":" and part[7] == ":" and part[10] == ".":
+            return part
+    return None
+
+
+def _block_pcis(sysroot: SysRoot, name: str, depth: int = 0) -> set[str]:
+    """PCI devices under a block device, following dm/md slaves down to the disks."""
+    link = sysroot.path(f"/sys/class/block/{name}")
+    if not link.exists():
+        return set()
+    slaves = sysroot.listdir(f"/sys/class/block/{name}/slaves")
+    if slaves and depth < 8:
+        return set().union(*(_block_pcis(sysroot, s, depth + 1) for s in slaves))
+    pci = _pci_of(link.resolve())
+    return {pci} if pci else set()
+
+
+def _ninep_tags(sysroot: SysRoot) -> dict[str, str]:
+    """virtio-9p mount tag -> PCI address of its virtio device."""
+    out = {}
+    for vdev in sysroot.listdir("/sys/bus/virtio/devices"):
+        base = f"/sys/bus/virtio/devices/{vdev}"
+        tag = sysroot.read(f"{base}/mount_tag")
+        pci = _pci_of(sysroot.path(base).resolve())
+        if tag and pci:
+            out[tag.rstrip("\x00")] = pci
+    return out
+
+
+def _source_pcis(sysroot: SysRoot, source: str) -> set[str]:
+    """PCI devices behind a mount source: /dev/X, UUID=..., PARTUUID=..., LABEL=... or a
+    9p mount tag."""
+    for key in ("UUID", "PARTUUID", "LABEL"):
+        if source.startswith(key + "="):
+            source = f"/dev/disk/by-{key.lower()}/{source.split('=', 1)[1]}"
+    if source.startswith("/dev/"):
+        return _block_pcis(sysroot, sysroot.path(source).resolve().name)
+    pci = _ninep_tags(sysroot).get(source)
+    return {pci} if pci else set()
+
+
+def root_devices(sysroot: SysRoot, host: HostState) -> set[str]:
+    """The PCI devices that hold the root file system: from the mount table, and from the
+    kernel's root= (which is all there is to go on under an overlay or a chroot)."""
+    sources = [d for d, mnt in host.mounts.items() if mnt == "/"]
+    for word in (sysroot.read("/proc/cmdline") or "").split():
+        if word.startswith("root="):
+            sources.append(word[5:])
+    return set().union(*(_source_pcis(sysroot, src) for src in sources)) if sources else set()
+
+
+def uses(sysroot: SysRoot, dev: PciDevice, host: HostState, root_pcis: set[str]) -> list[Use]:
+    out: list[Use] = []
+    if dev.address in root_pcis:
+        out.append(Use(dev.address, "it holds the root file system", fatal=True))
+    for tag, pci in _ninep_tags(sysroot).items():
+        if pci == dev.address and tag in host.mounts:
+            out.append(Use(dev.address, f"9p share {tag} is mounted on {host.mounts[tag]}"))
+    for iface in dev.net_interfaces:
+        up, ips = host.net.get(iface, (False, []))
+        if up and ips:
+            out.append(Use(dev.address, f"network interface {iface} is up with {ips[0]}"))
+    mounted = {Path(d).name: m for d, m in host.mounts.items() if d.startswith("/dev/")}
+    swaps = (sysroot.read("/proc/swaps") or "").splitlines()[1:]
+    swap_devs = {Path(line.split()[0]).name for line in swaps if line.split()}
+    for blk in dev.block_devices:
+        names = [blk] + [n for n in sysroot.listdir(f"/sys/class/block/{blk}") if n.startswith(blk)]
+        for name in names:
+            if name in mounted:
+                out.append(Use(dev.address, f"block device {name} is mounted on {mounted[name]}"))
+            if name in swap_devs:
+                out.append(Use(dev.address, f"block device {name} is used as swap"))
+            holders = sysroot.listdir(f"/sys/class/block/{name}/holders")
+            if holders:
+                out.append(Use(dev.address, f"block device {name} is held by {', '.join(holders)}"))
+    return out

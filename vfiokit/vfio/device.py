@@ -261,6 +261,19 @@ class Device:
             out.append((addr, d.group_id))
         return out
 
+    def hot_reset(self, group_fds: list[int] | None = None) -> None:
+        """Reset the device's bus (or slot): every device hot_reset_scope() lists is hit.
+
+        Legacy uAPI: pass the fds of every group in the scope (the caller must own them
+        all). iommufd: pass nothing; the kernel checks that this iommufd owns them.
+        """
+        self._live()
+        fds = group_fds or []
+        size = ctypes.sizeof(U.vfio_pci_hot_reset)
+        arg = U.vfio_pci_hot_reset(size + 4 * len(fds), 0, len(fds)).to_bytes()
+        arg += struct.pack(f"<{len(fds)}i", *fds)
+        self.sys.ioctl(self.fd, U.VFIO_DEVICE_PCI_HOT_RESET, arg)
+
     def feature_get(self, feature: int, size: int) -> bytes:
         """VFIO_DEVICE_FEATURE GET of `size` bytes of payload."""
         self._live()

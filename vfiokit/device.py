@@ -79,6 +79,7 @@ class PciDevice:
     physfn: str | None
     net_interfaces: list[str] = field(default_factory=list)
     block_devices: list[str] = field(default_factory=list)
+    vfiokit_intx: dict[str, str] | None = None  # vfiokit-pci's sysfs state, when bound to it
 
     @property
     def class_name(self) -> str | None:
@@ -145,6 +146,14 @@ def _children(sysroot: SysRoot, base: str, klass: str) -> list[str]:
     return found
 
 
+def _vfiokit_state(sysroot: SysRoot, base: str) -> dict[str, str] | None:
+    """vfiokit-pci's view (docs/vfiokit-pci.md): intx_mode, mask_device, masked, counts."""
+    names = sysroot.listdir(f"{base}/vfiokit")
+    if not names:
+        return None
+    return {n: sysroot.read(f"{base}/vfiokit/{n}") or "" for n in names}
+
+
 def read_device(sysroot: SysRoot, address: str) -> PciDevice:
     """Build a PciDevice from sysfs. `address` must be canonical (see resolve())."""
     base = f"/sys/bus/pci/devices/{address}"
@@ -193,6 +202,7 @@ def read_device(sysroot: SysRoot, address: str) -> PciDevice:
         physfn=sysroot.link_name(f"{base}/physfn"),
         net_interfaces=_children(sysroot, base, "net"),
         block_devices=_children(sysroot, base, "block"),
+        vfiokit_intx=_vfiokit_state(sysroot, base),
     )
 
 

@@ -102,3 +102,13 @@ def test_unenabled_devices_not_on_line(fake: FakeSys) -> None:
     fake.add_pci("0000:00:04.0", **scenarios.EDU, irq=10, enabled=False)
     fake.add_pci("0000:00:08.0", **scenarios.EDU, irq=10, enabled=True)
     assert intx.irq_devices(SysRoot(fake.root)) == {10: ["0000:00:08.0"]}
+
+
+def test_vfiokit_pci_state_is_shown(fake: FakeSys) -> None:
+    bdf = scenarios.alone_in_group(fake)
+    fake.bind(bdf, "vfiokit-pci")
+    d = fake.dev_dir(bdf)
+    fake.write(f"{d}/vfiokit/intx_mode", "line\n")
+    fake.write(f"{d}/vfiokit/counts", "line=3 device=1\n")
+    dev = devmod.read_device(SysRoot(fake.root), bdf)
+    assert dev.vfiokit_intx == {"counts": "line=3 device=1", "intx_mode": "line"}

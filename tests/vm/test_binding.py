@@ -44,6 +44,8 @@ def test_bind_and_restore_exactly(topology) -> None:
     assert h.driver_of(bdf) == "vfiokit-pci"
     assert Path(f"/dev/vfio/{h.group_of(bdf)}").exists()
     assert (JOURNAL / f"{bdf}.json").exists()
+    shown = json.loads(vfiokit("show", bdf, "--json").stdout)
+    assert shown["driver"] == "vfiokit-pci" and shown["vfiokit_intx"]["intx_mode"] == "off"
     assert vfiokit("restore", bdf).returncode == 0
     assert state(bdf) == before and not (JOURNAL / f"{bdf}.json").exists()
     assert vfiokit("restore", "--all").returncode == 0  # idempotent

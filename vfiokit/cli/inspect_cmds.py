@@ -141,6 +141,8 @@ def show_cmd(
         ("net", ", ".join(dev.net_interfaces) or None),
         ("block", ", ".join(dev.block_devices) or None),
     ]
+    if dev.vfiokit_intx:
+        pairs += [(f"vfiokit {k}", v) for k, v in sorted(dev.vfiokit_intx.items())]
     typer.echo(keyvalues(pairs))
     line = data["intx_line"]
     if isinstance(line, dict):

@@ -87,10 +87,13 @@ static bool vfiokit_intx_unmask_locked(struct vfiokit_pci_device *kdev)
 	}
 
 	/*
-	 * False when the line was handed over to device masking meanwhile (or
-	 * was never held): then only the device can be masked.
+	 * Only a line our handler held can need releasing; the release fails
+	 * when the core handed the line over meanwhile, and then only the
+	 * device can be masked. Skipping it otherwise saves a desc->lock round
+	 * trip on every device-level unmask.
 	 */
-	irq_release_exclusive(kdev->irq, kdev);
+	if (kdev->line_held)
+		irq_release_exclusive(kdev->irq, kdev);
 	kdev->line_held = false;
 	if (kdev->dev_masked) {
 		if (!pci_check_and_unmask_intx(pdev))

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""INTx round trips on an edu device, per masking mode, from Python and from C.
+Runs inside the test-bed VM (bench/run starts it); prints one JSON object per case.
+
+A round trip: raise at BAR0 0x60, wait for the eventfd, ack at 0x64, unmask. The C loop
+(bench/intx_loop.c) makes exactly the syscalls the Python driver makes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "vm"))
+
+import helpers as h
+from vfiokit.vfio import open_device
+
+ALONE, SHARED, NIC = "0000:00:06.0", "0000:00:04.0", "0000:00:0c.0"
+SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+C_LOOP = os.environ["BENCH_C_LOOP"]
+TRACING = Path("/sys/kernel/tracing")
+
+
+def python_loop(bdf: str, policy: str) -> dict[str, float]:
+    with open_device(bdf, backend="legacy") as vd:
+        intx = vd.intx(policy)
+        view = vd.device.bar(0).mmap().cast("I")
+        lat: list[float] = []
+        clock = time.perf_counter
+        end = clock() + SECONDS
+        start = clock()
+        while clock() < end:
+            t0 = clock()
+            view[0x60 // 4] = 1
+            intx.wait()
+            view[0x64 // 4] = 1
+            intx.unmask()
+            lat.append(clock() - t0)
+        took = clock() - start
+        counts = dict(intx.counts)
+        view.release()
+    lat.sort()
+    return {"rate": len(lat) / took, "p50_us": lat[len(lat) // 2] * 1e6,
+            "p99_us": lat[len(lat) * 99 // 100] * 1e6, **counts}  # fmt: skip
+
+
+def c_loop(bdf: str, mode: str) -> dict[str, float]:
+    out = subprocess.run([C_LOOP, bdf, h.group_of(bdf), str(SECONDS), mode],
+                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    rounds, took, line, device, p50, p99 = (float(x) for x in out)
+    return {"rate": rounds / took, "p50_us": p50, "p99_us": p99, "line": line, "device": device}
+
+
+def config_accesses(bdf: str, policy: str, rounds: int = 200) -> float:
+    """Config-space accesses per round trip, counted with the function tracer on the
+    platform's accessors (type-1 cycles on this q35 guest, ECAM where MMCONFIG is used),
+    whether they come from pci_check_and_*_intx or from a VFIO config-region write."""
+    available = set((TRACING / "available_filter_functions").read_text().split())
+    candidates = ("pci_conf1_read", "pci_conf1_write", "pci_mmcfg_read", "pci_mmcfg_write")
+    funcs = [f for f in candidates if f in available]
+    if not funcs:
+        raise RuntimeError("no PCI config accessor to trace in this kernel")
+    (TRACING / "tracing_on").write_text("0")
+    (TRACING / "current_tracer").write_text("nop")
+    (TRACING / "set_ftrace_filter").write_text(" ".join(funcs) + "\n")
+    assert set((TRACING / "set_ftrace_filter").read_text().split()) == set(funcs)
+    (TRACING / "trace").write_text("")
+    with open_device(bdf, backend="legacy") as vd:
+        intx = vd.intx(policy)
+        view = vd.device.bar(0).mmap().cast("I")
+        (TRACING / "current_tracer").write_text("function")
+        (TRACING / "tracing_on").write_text("1")
+        for _ in range(rounds):
+            view[0x60 // 4] = 1
+            intx.wait()
+            view[0x64 // 4] = 1
+            intx.unmask()
+        (TRACING / "tracing_on").write_text("0")
+        view.release()
+    lines = [x for x in (TRACING / "trace").read_text().splitlines() if not x.startswith("#")]
+    (TRACING / "current_tracer").write_text("nop")
+    (TRACING / "set_ftrace_filter").write_text("\n")
+    return len(lines) / rounds
+
+
+def case(name: str, bdf: str, driver: str, shared: bool, policy: str = "kernel") -> None:
+    """policy "state": read vfiokit-pci's state, unmask at the device (config write) or the
+    line (ioctl); "kernel": one SET_IRQS UNMASK, the kernel picks."""
+    iface = os.listdir(f"/sys/bus/pci/devices/{NIC}/net")[0]
+    subprocess.run(["ip", "link", "set", iface, "up" if shared else "down"], check=True)
+    mode = "state" if policy == "state" else "ioctl"
+    try:
+        with h.bound(bdf, driver):
+            py = [python_loop(bdf, policy) for _ in range(RUNS)]
+            c = [c_loop(bdf, mode) for _ in range(RUNS)]
+            cfg = config_accesses(bdf, policy)
+    finally:
+        subprocess.run(["ip", "link", "set", iface, "down"], check=True)
+
+    def med(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    print(json.dumps({
+        "case": name, "driver": driver, "device": bdf, "shared": shared, "policy": policy,
+        "python": {k: med(py, k) for k in ("rate", "p50_us", "p99_us")},
+        "c": {k: med(c, k) for k in ("rate", "p50_us", "p99_us")},
+        "python_unmasks": {k: py[-1][k] for k in ("line", "device", "kernel")},
+        "c_unmasks": {k: c[-1][k] for k in ("line", "device")},
+        "config_accesses_per_irq": cfg,
+    }), flush=True)  # fmt: skip
+
+
+def main() -> None:
+    nointxmask = Path("/sys/module/vfio_pci/parameters/nointxmask").read_text().strip() == "Y"
+    ko = Path(os.environ["VFIOKIT_KERNEL_OUT"]) / "vfiokit_pci.ko"
+    if not Path("/sys/module/vfiokit_pci").exists():
+        subprocess.run(["insmod", str(ko)], check=True)
+    if nointxmask:
+        case("stock vfio-pci, nointxmask, alone (line)", ALONE, "vfio-pci", False)
+        return
+    case("vfiokit-pci alone (line), unmask ioctl", ALONE, "vfiokit-pci", False)
+    case("vfiokit-pci alone (line), state + unmask", ALONE, "vfiokit-pci", False, "state")
+    case("vfiokit-pci shared (device), unmask ioctl", SHARED, "vfiokit-pci", True)
+    case("vfiokit-pci shared (device), state + config write", SHARED, "vfiokit-pci", True,
+         "state")  # fmt: skip
+    case("stock vfio-pci alone (device)", ALONE, "vfio-pci", False)
+    case("stock vfio-pci shared (device)", SHARED, "vfio-pci", True)
+
+
+if __name__ == "__main__":
+    main()

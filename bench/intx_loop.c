@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * The C reference for the INTx round-trip benchmark: exactly the syscalls the Python driver
+ * makes, nothing else. Legacy VFIO uAPI, edu device.
+ *
+ *   intx_loop BDF GROUP SECONDS MODE
+ *     MODE ioctl: raise, read eventfd, ack, SET_IRQS UNMASK
+ *     MODE state: raise, read eventfd, ack, vfiokit-pci state feature, then unmask at the
+ *                 device (command register high byte) or at the line (SET_IRQS UNMASK)
+ *
+ * Prints one line: rounds seconds line_unmasks device_unmasks p50_us p99_us
+ * (latency of one whole round trip, raise to unmask).
+ */
+#include <fcntl.h>
+#include <linux/vfio.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FEATURE_INTX_STATE 0xfa00
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+static void die(const char *what)
+{
+	perror(what);
+	exit(1);
+}
+
+int main(int argc, char **argv)
+{
+	char path[64];
+	int container, group, dev, efd, state_mode;
+	struct vfio_group_status status = { .argsz = sizeof(status) };
+	struct vfio_region_info bar = { .argsz = sizeof(bar), .index = 0 };
+	struct vfio_region_info cfg = { .argsz = sizeof(cfg), .index = VFIO_PCI_CONFIG_REGION_INDEX };
+	struct { struct vfio_irq_set h; int32_t fd; } trig;
+	struct vfio_irq_set unmask = { .argsz = sizeof(unmask), .index = 0, .start = 0, .count = 1,
+		.flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK };
+	struct { struct vfio_device_feature h; uint32_t s[8]; uint64_t c[2]; } feat;
+	volatile uint32_t *regs;
+	unsigned char cmd_hi;
+	uint64_t val, rounds = 0, line = 0, device = 0;
+	double start, end, t0, *lat;
+	size_t cap = 4 << 20;
+
+	if (argc != 5)
+		return fprintf(stderr, "usage: %s BDF GROUP SECONDS ioctl|state\n", argv[0]), 2;
+	state_mode = !strcmp(argv[4], "state");
+	lat = malloc(cap * sizeof(*lat));
+	if (!lat)
+		die("malloc");
+	container = open("/dev/vfio/vfio", O_RDWR);
+	snprintf(path, sizeof(path), "/dev/vfio/%s", argv[2]);
+	group = open(path, O_RDWR);
+	if (container < 0 || group < 0)
+		die("open");
+	if (ioctl(group, VFIO_GROUP_GET_STATUS, &status) || !(status.flags & VFIO_GROUP_FLAGS_VIABLE))
+		die("group status");
+	if (ioctl(group, VFIO_GROUP_SET_CONTAINER, &container) ||
+	    ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
+		die("container");
+	dev = ioctl(group, VFIO_GROUP_GET_DEVICE_FD, argv[1]);
+	if (dev < 0 || ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &bar) ||
+	    ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &cfg))
+		die("device");
+	regs = mmap(NULL, bar.size, PROT_READ | PROT_WRITE, MAP_SHARED, dev, bar.offset);
+	if (regs == MAP_FAILED)
+		die("mmap");
+	if (pread(dev, &cmd_hi, 1, cfg.offset + 5) != 1)
+		die("config");
+	cmd_hi &= ~0x04;
+	efd = eventfd(0, EFD_CLOEXEC);
+	memset(&trig, 0, sizeof(trig));
+	trig.h.argsz = sizeof(trig);
+	trig.h.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+	trig.h.count = 1;
+	trig.fd = efd;
+	if (ioctl(dev, VFIO_DEVICE_SET_IRQS, &trig))
+		die("SET_IRQS trigger");
+	memset(&feat, 0, sizeof(feat));
+	feat.h.argsz = sizeof(feat);
+	feat.h.flags = VFIO_DEVICE_FEATURE_GET | FEATURE_INTX_STATE;
+
+	start = now();
+	end = start + atof(argv[3]);
+	while (now() < end) {
+		t0 = now();
+		regs[0x60 / 4] = 1;
+		if (read(efd, &val, sizeof(val)) != sizeof(val))
+			die("read eventfd");
+		regs[0x64 / 4] = 1;
+		if (state_mode) {
+			if (ioctl(dev, VFIO_DEVICE_FEATURE, &feat))
+				die("feature");
+			if (feat.s[3]) {	/* mask_device */
+				if (pwrite(dev, &cmd_hi, 1, cfg.offset + 5) != 1)
+					die("pwrite");
+				device++;
+			} else {
+				if (ioctl(dev, VFIO_DEVICE_SET_IRQS, &unmask))
+					die("unmask");
+				line++;
+			}
+		} else if (ioctl(dev, VFIO_DEVICE_SET_IRQS, &unmask)) {
+			die("unmask");
+		}
+		if (rounds < cap)
+			lat[rounds] = (now() - t0) * 1e6;
+		rounds++;
+	}
+	end = now() - start;
+	qsort(lat, rounds < cap ? rounds : cap, sizeof(*lat), cmp);
+	printf("%llu %.6f %llu %llu %.2f %.2f\n", (unsigned long long)rounds, end,
+	       (unsigned long long)line, (unsigned long long)device,
+	       lat[(rounds < cap ? rounds : cap) / 2], lat[(rounds < cap ? rounds : cap) * 99 / 100]);
+	return 0;
+}

@@ -71,6 +71,11 @@ def test_open_regions_and_close(host: FakeSys, kernel: FakeSyscalls, backend: st
         view = bar0.mmap().cast("I")
         assert len(view) == 0x100000 // 4
         view.release()
+        import ctypes
+
+        regs = bar0.mmap_array(ctypes.c_uint64)
+        assert len(regs) == 0x100000 // 8
+        del regs
         assert vd.device.config.read(0, 4) == 0x11E81234
         vd.device.reset()
     assert kernel.open_fds == 0

@@ -43,6 +43,9 @@ def test_identify_and_liveness(edu: Edu) -> None:
     assert edu.alive() and edu.alive(0x12345678)
     bar = edu.vd.device.bar(0)
     assert bar.read(0) == 0x010000ED  # pread path agrees with the mmap path
+    regs = bar.mmap_array()  # ctypes view of the same registers
+    assert regs[0] == 0x010000ED
+    del regs
     bar.write(0x04, 0xFFFF0000)
     assert edu.read(0x04) == 0x0000FFFF
 

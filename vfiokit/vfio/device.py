@@ -122,6 +122,15 @@ class Region:
         self._maps.append(m)
         return memoryview(m)
 
+    def mmap_array(self, ctype: type = ctypes.c_uint32, area: int = 0) -> ctypes.Array:
+        """Map one mmap-able area as a ctypes array of `ctype` (registers as fields).
+
+        A ctypes structure type works too: ``region.mmap_array(MyRegs)[0].status``.
+        """
+        view = self.mmap(area)
+        count = len(view) // ctypes.sizeof(ctype)
+        return (ctype * count).from_buffer(self._maps[-1])
+
     def close(self) -> None:
         for m in self._maps:
             try:

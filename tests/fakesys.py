@@ -250,4 +250,10 @@ class FakeSysfsKernel:
         if rel.endswith("/driver_override"):
             (root / rel).write_text((text.strip() or "(null)") + "\n")
             return
+        if rel.endswith("/sriov_numvfs"):
+            now = int((root / rel).read_text())
+            if now and int(text) and now != int(text):
+                raise AssertionError("the kernel refuses to change numvfs without going via 0")
+            (root / rel).write_text(f"{int(text)}\n")
+            return
         raise AssertionError(f"unexpected sysfs write {rel!r}")

@@ -169,3 +169,60 @@ def test_root_on_device_mapper_is_traced_to_its_disk(fake: FakeSys) -> None:
     lvm = HostState(mounts={"/dev/dm-0": "/"}, net={})
     plan = plan_bind(SysRoot(fake.root), ["00:02.0"], "vfio-pci", host=lvm)
     assert plan.uses and plan.uses[0].fatal
+
+
+def test_a_process_holding_a_node_open_is_in_use(fake: FakeSys, tmp_path) -> None:
+    """A QEMU with the group open: re-binding would hang in the kernel's remove()."""
+    setup_group(fake)
+    fake.bind("0000:02:00.0", "vfio-pci")
+    fake.bind("0000:00:1b.0", "vfio-pci")
+    fake.write("dev/vfio/2", "")
+    fake.write("proc/4242/comm", "qemu-system-x86\n")
+    (fake.root / "proc/4242/fd").mkdir()
+    (fake.root / "proc/4242/fd/17").symlink_to("/dev/vfio/2")  # as the kernel names it
+    plan = plan_bind(SysRoot(fake.root), ["02:00.0"], "vfiokit-pci", host=IDLE)
+    # The audio function stays on vfio-pci (skipped); the requested NIC is refused.
+    assert [(u.address, u.what) for u in plan.uses] == [
+        ("0000:02:00.0", "/dev/vfio/2 is open in process 4242 (qemu-system-x86)")
+    ]
+    b = binder(fake, tmp_path, FakeSysfsKernel(fake))
+    (fake.root / "sys/bus/pci/drivers/vfiokit-pci").mkdir()
+    with pytest.raises(Busy, match="process 4242"):
+        b.bind(plan)
+
+
+def test_block_node_below_the_device_open(fake: FakeSys) -> None:
+    setup_group(fake)
+    d = "sys/devices/pci0000:00/0000:02:00.0/nvme/nvme0"
+    fake.write(f"{d}/dev", "259:0\n")
+    fake.write(f"{d}/uevent", "MAJOR=259\nMINOR=0\nDEVNAME=nvme0\n")
+    fake.write("proc/77/comm", "smartd\n")
+    (fake.root / "proc/77/fd").mkdir(parents=True)
+    (fake.root / "proc/77/fd/3").symlink_to("/dev/nvme0")
+    plan = plan_bind(SysRoot(fake.root), ["02:00.0"], "vfio-pci", host=IDLE)
+    assert [u.what for u in plan.uses] == ["/dev/nvme0 is open in process 77 (smartd)"]
+
+
+def test_sriov_vfs_are_recreated_on_restore(fake: FakeSys, tmp_path) -> None:
+    fake.add_iommu()
+    fake.add_pci("0000:03:00.0", vendor=0x8086, device=0x1521, class_code=0x020000,
+                 driver="igb", group="7", sriov=(7, 4))  # fmt: skip
+    (fake.root / "sys/bus/pci/drivers/vfio-pci").mkdir(parents=True, exist_ok=True)
+    k = FakeSysfsKernel(fake, native={"0000:03:00.0": "igb"})
+    b = binder(fake, tmp_path, k)
+    b.bind(plan_bind(b.sysroot, ["03:00.0"], "vfio-pci", host=IDLE))
+    assert b.journal.get("0000:03:00.0").sriov_numvfs == 4
+    fake.write("sys/devices/pci0000:00/0000:03:00.0/sriov_numvfs", "0\n")  # the PF's unbind
+    b.restore()
+    numvfs = fake.root / "sys/devices/pci0000:00/0000:03:00.0/sriov_numvfs"
+    assert numvfs.read_text() == "4\n" and drivers(fake)["0000:03:00.0"] == "igb"
+
+
+def test_keep_override_for_persisted_binds(fake: FakeSys, tmp_path) -> None:
+    setup_group(fake)
+    b = binder(fake, tmp_path, FakeSysfsKernel(fake))
+    b.bind(plan_bind(b.sysroot, ["02:00.0"], "vfio-pci", host=IDLE), keep_override=True)
+    override = fake.root / "sys/bus/pci/devices/0000:02:00.0/driver_override"
+    assert override.read_text() == "vfio-pci\n"
+    b.restore()
+    assert override.read_text() == "(null)\n"

@@ -118,3 +118,100 @@ def test_bad_input_and_no_root(topology) -> None:
     assert res.returncode == 4 and "root" in res.stderr
     assert state(bdf) == before
     assert vfiokit("bind", bdf, "--driver", "no-such-driver").returncode == 5
+
+
+def _node_states(paths: list[str]) -> dict[str, tuple[int, int, int]]:
+    return {p: (os.stat(p).st_uid, os.stat(p).st_gid, os.stat(p).st_mode & 0o7777) for p in paths}
+
+
+def _as_nobody_open(bdf: str, backend: str) -> subprocess.CompletedProcess[str]:
+    """As uid 65534, open the device and read edu's identification register."""
+    script = (
+        "from vfiokit.vfio import open_device\n"
+        f"with open_device('{bdf}', backend='{backend}') as vd:\n"
+        "    print(hex(vd.device.bar(0).read(0)))\n"
+    )
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["legacy", "iommufd"])
+def test_assign_lets_a_user_in_and_unassign_takes_it_back(topology, backend) -> None:
+    bdf = topology.by_name("edu_alone").address
+    os.chmod("/root", 0o711)  # the guest's overlay only: let "nobody" reach the interpreter
+    assert vfiokit("bind", bdf, "--driver", "vfio-pci").returncode == 0
+    try:
+        group = h.group_of(bdf)
+        cdev = os.listdir(f"/sys/bus/pci/devices/{bdf}/vfio-dev")[0]
+        nodes = [f"/dev/vfio/{group}", f"/dev/vfio/devices/{cdev}", "/dev/iommu",
+                 "/dev/vfio/vfio"]  # fmt: skip
+        before = _node_states(nodes)
+        denied = _as_nobody_open(bdf, backend)
+        assert denied.returncode != 0 and "Permission denied (EACCES)" in denied.stderr
+        res = vfiokit("assign", bdf, "--user", "nobody", "--memlock", "64M", "--json")
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["memlock"]["enough"] is False and out["memlock"]["soft"] == 8 << 20
+        assert Path(out["assignment"]["rule"]).read_text().count('OWNER="nobody"') == 2
+        opened = _as_nobody_open(bdf, backend)
+        assert opened.returncode == 0, opened.stderr
+        assert opened.stdout.strip() == "0x10000ed"  # edu's identification register
+        assert vfiokit("unassign", bdf).returncode == 0
+        assert _node_states(nodes) == before
+        assert _as_nobody_open(bdf, backend).returncode != 0
+    finally:
+        vfiokit("unassign", bdf)
+        assert vfiokit("restore", bdf).returncode == 0
+
+
+def test_assign_qemu_arguments_start_a_vm_as_the_user(topology) -> None:
+    """The printed -device argument, given to a real QEMU run by the assigned user, opens
+    the device through VFIO (QEMU maps its RAM for DMA: memlock raised by prlimit)."""
+    bdf = topology.by_name("edu_alone").address
+    os.chmod("/root", 0o711)
+    assert vfiokit("bind", bdf, "--driver", "vfio-pci").returncode == 0
+    try:
+        res = vfiokit("assign", bdf, "--user", "nobody", "--qemu", "--libvirt", "--json")
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert "<address domain='0x0000' bus='0x00' slot='0x06' function='0x0'/>" in out["libvirt"]
+        qemu = subprocess.run(
+            ["prlimit", "--memlock=unlimited:unlimited", "setpriv", "--reuid=65534",
+             "--regid=65534", "--clear-groups", "qemu-system-x86_64", "-M", "q35", "-m", "32",
+             "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-monitor", "stdio",
+             *out["qemu"]],
+            input="info pci\nquit\n", capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert qemu.returncode == 0, qemu.stderr
+        assert "PCI device 1234:11e8" in qemu.stdout and 'id "hostdev0"' in qemu.stdout
+    finally:
+        assert vfiokit("unassign", bdf).returncode == 0
+        assert vfiokit("restore", bdf).returncode == 0
+
+
+def test_persist_then_apply_after_a_simulated_reboot(topology) -> None:
+    bdf = topology.by_name("edu_alone").address
+    before = state(bdf)
+    res = vfiokit("bind", bdf, "--persist")
+    assert res.returncode == 0, res.stderr
+    try:
+        assert Path(f"/etc/vfiokit/persist.d/{bdf}").read_text() == "vfiokit-pci\n"
+        assert Path("/etc/systemd/system/vfiokit-persist@.service").exists()
+        listed = {d["address"]: d for d in json.loads(vfiokit("list", "--json").stdout)}
+        assert listed[bdf]["persisted"] == "vfiokit-pci"
+        # A reboot: the journal and the binding are gone, the override the udev rule sets
+        # is back; the unit then runs apply-persisted.
+        assert vfiokit("restore", bdf).returncode == 0 and h.driver_of(bdf) is None
+        Path(f"/sys/bus/pci/devices/{bdf}/driver_override").write_text("vfiokit-pci")
+        res = vfiokit("apply-persisted")
+        assert res.returncode == 0, res.stderr
+        assert h.driver_of(bdf) == "vfiokit-pci"
+    finally:
+        res = vfiokit("unbind", bdf, "--persist")
+        assert res.returncode == 0, res.stderr
+    assert not Path(f"/etc/vfiokit/persist.d/{bdf}").exists()
+    assert not Path("/etc/udev/rules.d/60-vfiokit-persist.rules").exists()
+    assert state(bdf) == before

@@ -13,7 +13,7 @@ import errno as E
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,6 +58,7 @@ class Step:
     driver: str | None
     override: str | None
     reason: str
+    sriov_numvfs: int | None = None
 
 
 @dataclass
@@ -130,7 +131,8 @@ def plan_bind(sysroot: SysRoot, addresses: list[str], driver: str | None = None,
                 continue
             member = dev if m.address == addr else devmod.read_device(sysroot, m.address)
             plan.uses.extend(uses(sysroot, member, host, root_pcis))
-            plan.steps.append(Step(m.address, m.driver, member.driver_override, why))
+            plan.steps.append(Step(m.address, m.driver, member.driver_override, why,
+                                   member.sriov_numvfs or None))  # fmt: skip
     return plan
 
 
@@ -183,7 +185,9 @@ class Binder:
             )
 
     # -- verbs ------------------------------------------------------------------------------
-    def bind(self, plan: Plan, force: bool = False) -> list[str]:
+    def bind(self, plan: Plan, force: bool = False, keep_override: bool = False) -> list[str]:
+        """Execute the plan; all or nothing. keep_override leaves driver_override set to the
+        VFIO driver (persisted bindings: no native driver may take the device later)."""
         refusals = plan.refusals(force)
         if refusals:
             fatal = any(u.fatal for u in refusals)
@@ -199,12 +203,13 @@ class Binder:
         try:
             for step in plan.steps:
                 self.journal.record(Entry.new(step.address, step.driver, step.override,
-                                              plan.target))  # fmt: skip
+                                              plan.target, step.sriov_numvfs))  # fmt: skip
                 done.append(step)
                 self.progress(f"{step.address}: {step.driver or 'no driver'} -> {plan.target}")
                 self._probe_as(step.address, plan.target)
                 # A stale override would keep the native driver away after an unbind.
-                self.writer.write(f"/sys/bus/pci/devices/{step.address}/driver_override", "\n")
+                self.writer.write(f"/sys/bus/pci/devices/{step.address}/driver_override",
+                                  plan.target if keep_override else "\n")  # fmt: skip
             for group in sorted(set(plan.groups.values())):
                 if not self.sysroot.is_host:
                     break
@@ -232,6 +237,12 @@ class Binder:
             self._probe_as(addr, entry.driver)
         self.writer.write(f"/sys/bus/pci/devices/{addr}/driver_override",
                           entry.driver_override or "\n")  # fmt: skip
+        vfs = self.sysroot.read_int(f"/sys/bus/pci/devices/{addr}/sriov_numvfs", 10)
+        if entry.sriov_numvfs and entry.driver and vfs is not None and vfs != entry.sriov_numvfs:
+            self.progress(f"{addr}: re-creating {entry.sriov_numvfs} VFs")
+            if vfs:
+                self.writer.write(f"/sys/bus/pci/devices/{addr}/sriov_numvfs", "0")
+            self.writer.write(f"/sys/bus/pci/devices/{addr}/sriov_numvfs", str(entry.sriov_numvfs))
         self.journal.remove(addr)
         return True
 
@@ -240,12 +251,23 @@ class Binder:
         todo = addresses if addresses is not None else [e.address for e in self.journal.entries()]
         return [a for a in todo if self.restore_one(a)]
 
-    def unbind(self, addresses: list[str]) -> list[str]:
-        """Give devices back: to their journaled driver, else to the kernel's choice."""
+    def unbind(self, addresses: list[str], forget: Collection[str] = ()) -> list[str]:
+        """Give devices back: to their journaled driver, else to the kernel's choice.
+
+        `forget`: the addresses whose persisted binding is being removed. A driver_override
+        naming a VFIO driver (set at boot by the persist rule) is cleared on them, and a
+        device left without a driver is offered to the kernel's choice."""
         out = []
         for addr in addresses:
             addr = devmod.resolve(self.sysroot, addr)
-            if self.restore_one(addr):
+            restored = self.restore_one(addr)
+            if addr in forget:
+                base = f"/sys/bus/pci/devices/{addr}"
+                if self.sysroot.read(f"{base}/driver_override") in DRIVERS:
+                    self.writer.write(f"{base}/driver_override", "\n")
+                    if restored and self._driver(addr) is None:
+                        self._probe_as(addr, None)
+            if restored:
                 out.append(addr)
                 continue
             if self._driver(addr) is None:

@@ -4,12 +4,14 @@ root file system (which vfiokit never takes, --force or not)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from ..device import PciDevice
+from ..iommu import is_vfio_driver
 from ..sysroot import SysRoot
 
 
@@ -92,8 +94,49 @@ def root_devices(sysroot: SysRoot, host: HostState) -> set[str]:
     return set().union(*(_source_pcis(sysroot, src) for src in sources)) if sources else set()
 
 
+def device_nodes(sysroot: SysRoot, dev: PciDevice) -> set[str]:
+    """The /dev nodes of a device and everything below it (disks, partitions, DRM cards,
+    its VFIO cdev), plus its VFIO group node while it is bound to a VFIO driver."""
+    nodes = set()
+    if is_vfio_driver(dev.driver) and dev.iommu_group is not None:
+        nodes.add(f"/dev/vfio/{dev.iommu_group}")
+    top = sysroot.path(f"/sys/bus/pci/devices/{dev.address}").resolve()
+    for here, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if d not in ("subsystem", "driver", "firmware_node")]
+        if "uevent" in files and "dev" in files:
+            try:
+                uevent = (Path(here) / "uevent").read_text()
+            except OSError:
+                continue
+            for line in uevent.splitlines():
+                if line.startswith("DEVNAME="):
+                    nodes.add("/dev/" + line[8:])
+    return nodes
+
+
+def node_holders(sysroot: SysRoot, nodes: set[str]) -> list[tuple[int, str, str]]:
+    """(pid, command, node) for every other process with one of `nodes` open."""
+    if not nodes:
+        return []
+    out = []
+    for pid in sysroot.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        for fd in sysroot.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(sysroot.path(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+            if target in nodes:
+                out.append((int(pid), sysroot.read(f"/proc/{pid}/comm") or "?", target))
+                break
+    return out
+
+
 def uses(sysroot: SysRoot, dev: PciDevice, host: HostState, root_pcis: set[str]) -> list[Use]:
     out: list[Use] = []
+    for pid, comm, node in node_holders(sysroot, device_nodes(sysroot, dev)):
+        out.append(Use(dev.address, f"{node} is open in process {pid} ({comm})"))
     if dev.address in root_pcis:
         out.append(Use(dev.address, "it holds the root file system", fatal=True))
     for tag, pci in _ninep_tags(sysroot).items():
@@ -113,7 +156,7 @@ def uses(sysroot: SysRoot, dev: PciDevice, host: HostState, root_pcis: set[str])
                 out.append(Use(dev.address, f"block device {name} is mounted on {mounted[name]}"))
             if name in swap_devs:
                 out.append(Use(dev.address, f"block device {name} is used as swap"))
-            holders = sysroot.listdir(f"/sys/class/block/{name}/holders")
-            if holders:
-                out.append(Use(dev.address, f"block device {name} is held by {', '.join(holders)}"))
+            held = sysroot.listdir(f"/sys/class/block/{name}/holders")
+            if held:
+                out.append(Use(dev.address, f"block device {name} is held by {', '.join(held)}"))
     return out

@@ -22,10 +22,31 @@ class Entry:
     target: str  # the driver vfiokit binds it to
     pid: int
     time: float
+    sriov_numvfs: int | None = None  # VFs the native driver had: re-created on restore
 
     @classmethod
-    def new(cls, address: str, driver: str | None, override: str | None, target: str) -> Entry:
-        return cls(address, driver, override, target, os.getpid(), time.time())
+    def new(cls, address: str, driver: str | None, override: str | None, target: str,
+            sriov_numvfs: int | None = None) -> Entry:  # fmt: skip
+        return cls(address, driver, override, target, os.getpid(), time.time(), sriov_numvfs)
+
+
+def write_durably(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace `path` with `text` atomically and fsync it and its folder: after a crash the
+    file is either the old one or the new one, never half of either."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o044 else 0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class Journal:
@@ -40,18 +61,7 @@ class Journal:
         path = self._path(entry.address)
         if path.exists():
             return
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(entry), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_durably(path, json.dumps(asdict(entry)))
 
     def get(self, address: str) -> Entry | None:
         try:

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import typer
 
-from . import bind_cmds, inspect_cmds
+from . import assign_cmds, bind_cmds, inspect_cmds
 from . import errors as _errors
 
 app = typer.Typer(
     name="vfiokit",
-    help="PCI passthrough toolkit: list devices, check the host, bind devices to VFIO.",
+    help="PCI passthrough toolkit: list devices, check the host, bind and assign devices.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 inspect_cmds.register(app)
 bind_cmds.register(app)
+assign_cmds.register(app)
 
 
 @app.callback()

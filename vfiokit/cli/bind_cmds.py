@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ..binding import Binder, Journal, plan_bind
+from ..binding.persist import Persisted
 from ..sysroot import SysRoot
 from .errors import handled
 from .inspect_cmds import JsonOpt
@@ -26,14 +27,19 @@ def bind_cmd(
         bool, typer.Option("--dry-run", help="Print the plan, change nothing.")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Take devices that are in use.")] = False,
+    persist: Annotated[
+        bool, typer.Option("--persist", help="Bind again at every boot (udev rule + systemd unit).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Bind devices (and what their IOMMU groups require) to a VFIO driver; all or nothing."""
     sysroot = SysRoot()
     plan = plan_bind(sysroot, addresses, driver)
+    persisted = Persisted(sysroot)
     if dry_run:
         if as_json:
-            typer.echo(dumps({"dry_run": True, **plan.to_dict()}))
+            files = persisted.files() if persist else []
+            typer.echo(dumps({"dry_run": True, **plan.to_dict(), "would_write": files}))
             return
         typer.echo(f"would bind to {plan.target}:")
         for s in plan.steps:
@@ -42,23 +48,80 @@ def bind_cmd(
             typer.echo(f"  {addr}  unchanged: {why}")
         for u in plan.uses:
             typer.echo(f"  {u.address}  IN USE: {u.what}{' (never taken)' if u.fatal else ''}")
+        if persist:
+            typer.echo(f"would write: {', '.join(persisted.files())}")
         return
     binder = Binder(sysroot, progress=_say(as_json))
-    done = binder.bind(plan, force=force)
+    done = binder.bind(plan, force=force, keep_override=persist)
+    written: list[str] = []
+    if persist:
+        for addr in plan.requested:
+            written += persisted.add(addr, plan.target)
+        written = sorted(set(written))
     if as_json:
-        typer.echo(dumps({"bound": done, "driver": plan.target, **plan.to_dict()}))
+        typer.echo(dumps({"bound": done, "driver": plan.target, "persisted": written,
+                          **plan.to_dict()}))  # fmt: skip
     else:
         typer.echo(f"bound {len(done)} device(s) to {plan.target}"
                    + (f": {', '.join(done)}" if done else " (nothing to do)"))  # fmt: skip
+        if written:
+            typer.echo(f"persisted: {', '.join(written)}")
+
+
+def apply_persisted_cmd(
+    addresses: Annotated[
+        list[str] | None, typer.Argument(help="Devices (default: every persisted one).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bind persisted devices to their driver (what vfiokit-persist@.service runs at boot)."""
+    from ..errors import NotFound
+
+    sysroot = SysRoot()
+    wanted = Persisted(sysroot).all()
+    if addresses:
+        from .. import device as devmod
+
+        names = [devmod.resolve(sysroot, a) for a in addresses]
+        missing = [a for a in names if a not in wanted]
+        if missing:
+            raise NotFound(f"{missing[0]} has no persisted binding",
+                           remedy=f"vfiokit bind --persist {missing[0]}")  # fmt: skip
+        wanted = {a: wanted[a] for a in names}
+    binder = Binder(sysroot, progress=_say(as_json))
+    done: list[str] = []
+    for addr, target in sorted(wanted.items()):
+        done += binder.bind(plan_bind(sysroot, [addr], target), keep_override=True)
+    if as_json:
+        typer.echo(dumps({"bound": done, "persisted": wanted}))
+    else:
+        typer.echo(f"applied {len(wanted)} persisted binding(s); bound {len(done)} device(s)")
 
 
 def unbind_cmd(
     addresses: Annotated[list[str], typer.Argument(help="PCI addresses to give back.")],
+    persist: Annotated[
+        bool, typer.Option("--persist", help="Also forget the persisted binding.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Give devices back to the driver they had before `vfiokit bind` (else the kernel's)."""
-    done = Binder(progress=_say(as_json)).unbind(addresses)
-    typer.echo(dumps({"unbound": done}) if as_json else f"unbound {len(done)} device(s)")
+    binder = Binder(progress=_say(as_json))
+    forgotten = []
+    if persist:
+        from .. import device as devmod
+
+        persisted = Persisted(binder.sysroot)
+        for a in addresses:
+            addr = devmod.resolve(binder.sysroot, a)
+            if persisted.remove(addr):
+                forgotten.append(addr)
+    done = binder.unbind(addresses, forget=forgotten)
+    if as_json:
+        typer.echo(dumps({"unbound": done, "unpersisted": forgotten}))
+    else:
+        extra = f"; no longer persisted: {', '.join(forgotten)}" if forgotten else ""
+        typer.echo(f"unbound {len(done)} device(s){extra}")
 
 
 def restore_cmd(
@@ -87,3 +150,4 @@ def register(app: typer.Typer) -> None:
     app.command("bind")(handled(bind_cmd))
     app.command("unbind")(handled(unbind_cmd))
     app.command("restore")(handled(restore_cmd))
+    app.command("apply-persisted")(handled(apply_persisted_cmd))

@@ -9,6 +9,7 @@ import typer
 from .. import device as devmod
 from .. import doctor as doc
 from .. import intx, iommu
+from ..binding.persist import Persisted
 from ..sysroot import SysRoot
 from .errors import handled
 from .output import dumps, keyvalues, table
@@ -43,7 +44,9 @@ def list_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """List PCI devices with their driver, IOMMU group and INTx line."""
-    devices = devmod.read_all(SysRoot())
+    sysroot = SysRoot()
+    devices = devmod.read_all(sysroot)
+    persisted = Persisted(sysroot).all()
     if klass:
         devices = [d for d in devices if _matches_class(d, klass)]
     if vendor:
@@ -53,7 +56,8 @@ def list_cmd(
     if group:
         devices = [d for d in devices if d.iommu_group == group]
     if as_json:
-        typer.echo(dumps([d.to_dict() for d in devices]))
+        typer.echo(dumps([{**d.to_dict(), "persisted": persisted.get(d.address)}
+                          for d in devices]))  # fmt: skip
         return
     rows = [
         (
@@ -62,6 +66,7 @@ def list_cmd(
             d.class_name,
             d.driver or "none",
             d.driver_override,
+            persisted.get(d.address),
             d.iommu_group,
             d.irq if d.intx_pin else None,
             " ".join(x for x in (d.vendor_name, d.device_name) if x) or None,
@@ -69,7 +74,10 @@ def list_cmd(
         for d in devices
     ]
     typer.echo(
-        table(("ADDRESS", "IDS", "CLASS", "DRIVER", "OVERRIDE", "GROUP", "INTX", "NAME"), rows)
+        table(
+            ("ADDRESS", "IDS", "CLASS", "DRIVER", "OVERRIDE", "PERSIST", "GROUP", "INTX", "NAME"),
+            rows,
+        )
     )
 
 

@@ -1,0 +1,109 @@
+"""assign, unassign: the thin CLI over vfiokit.binding.assign (and the VMM snippets)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import device as devmod
+from ..binding.assign import Assigner, device_nodes
+from ..binding.memlock import Limit, human, parse_size, user_limit
+from ..binding.snippets import libvirt_hostdev, qemu_args
+from ..errors import InvalidArgument
+from ..sysroot import SysRoot
+from .errors import handled
+from .inspect_cmds import JsonOpt
+from .output import dumps
+
+
+def _memlock(sysroot: SysRoot, user: str, need: int | None) -> tuple[Limit, list[str]]:
+    limit = user_limit(sysroot, user)
+    notes = [f"memlock for {user}: {human(limit.soft)} (from {limit.source})"]
+    if need is not None and not limit.enough(need):
+        notes.append(
+            f"WARNING: {user} can pin {human(limit.soft)}, less than the {human(need)} asked "
+            "for; DMA mappings beyond it fail with ENOMEM"
+        )
+        notes.append(f"  remedy: {limit.remedy()}")
+    return limit, notes
+
+
+def assign_cmd(
+    address: Annotated[str, typer.Argument(help="A device bound to vfio-pci or vfiokit-pci.")],
+    user: Annotated[str | None, typer.Option(help="The user who may open it.")] = None,
+    group: Annotated[
+        str | None, typer.Option(help="A group whose members may open it (mode 0660).")
+    ] = None,
+    memlock: Annotated[
+        str | None,
+        typer.Option(help="Memory the user will pin (a VM's RAM, e.g. 4G): warn if over limit."),
+    ] = None,
+    qemu: Annotated[bool, typer.Option("--qemu", help="Print QEMU arguments for it.")] = False,
+    iommufd: Annotated[
+        bool, typer.Option("--iommufd", help="With --qemu: use QEMU's iommufd backend.")
+    ] = False,
+    libvirt: Annotated[
+        bool, typer.Option("--libvirt", help="Print a libvirt <hostdev> element for it.")
+    ] = False,
+    no_persist: Annotated[
+        bool, typer.Option("--no-persist", help="Do not write the udev rule (until re-bind).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Let a non-root user (or group) drive a VFIO device; or print how to give it to a VMM."""
+    if not (user or group or qemu or libvirt):
+        raise InvalidArgument(
+            "nothing to do", remedy="--user NAME, --group NAME, --qemu or --libvirt"
+        )
+    need = None
+    if memlock is not None:
+        try:
+            need = parse_size(memlock)
+        except ValueError:
+            raise InvalidArgument(f"--memlock: not a size: {memlock!r}",
+                                  remedy="e.g. 512M, 4G or unlimited") from None  # fmt: skip
+    sysroot = SysRoot()
+    address = devmod.resolve(sysroot, address)
+    if (qemu or libvirt) and not (user or group):
+        device_nodes(sysroot, address)  # the VMM needs it bound to VFIO: say so now
+    out: dict[str, object] = {"address": address}
+    lines: list[str] = []
+    if user or group:
+        a = Assigner(sysroot).assign(address, user, group, persist=not no_persist)
+        out["assignment"] = a.to_dict()
+        who = " and ".join(x for x in (user and f"user {user}", group and f"group {group}") if x)
+        lines.append(f"assigned {address} to {who}: "
+                     + ", ".join(n.path for n in a.nodes) + f" (mode {a.mode:04o})")  # fmt: skip
+        if a.rule:
+            lines.append(f"udev rule: {a.rule}")
+        if user:
+            limit, notes = _memlock(sysroot, user, need)
+            out["memlock"] = {**limit.to_dict(), "enough": need is None or limit.enough(need)}
+            lines += notes
+    if qemu:
+        args = qemu_args([address], iommufd=iommufd)
+        out["qemu"] = args
+        lines.append(" ".join(args))
+    if libvirt:
+        xml = libvirt_hostdev(address)
+        out["libvirt"] = xml
+        lines.append(xml.rstrip())
+    typer.echo(dumps(out) if as_json else "\n".join(lines))
+
+
+def unassign_cmd(
+    address: Annotated[str, typer.Argument(help="A device given to a user by `vfiokit assign`.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Give the device's VFIO nodes back their prior owner and mode; remove the udev rule."""
+    a = Assigner().unassign(address)
+    if as_json:
+        typer.echo(dumps({"unassigned": a.to_dict() if a else None}))
+    else:
+        typer.echo(f"unassigned {a.address}" if a else "nothing to unassign")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("assign")(handled(assign_cmd))
+    app.command("unassign")(handled(unassign_cmd))

@@ -14,12 +14,13 @@ class Device:
     name: str
     qemu: str
     slot: int
-    line: str  # "shared", "alone" or "infra"
+    line: str  # "shared", "alone", "group" (a multi-function device) or "infra"
     options: str = ""
+    function: int = 0
 
     @property
     def address(self) -> str:
-        return f"0000:00:{self.slot:02x}.0"
+        return f"0000:00:{self.slot:02x}.{self.function}"
 
     @property
     def gsi(self) -> int:
@@ -50,12 +51,19 @@ def load(path: Path = TOPOLOGY) -> Topology:
         data = tomllib.load(f)
     m = data["machine"]
     devices = tuple(
-        Device(d["name"], d["qemu"], int(d["slot"]), d["line"], d.get("options", ""))
+        Device(
+            d["name"],
+            d["qemu"],
+            int(d["slot"]),
+            d["line"],
+            d.get("options", ""),
+            int(d.get("function", 0)),
+        )
         for d in data["device"]
     )
-    slots = [d.slot for d in devices]
-    if len(set(slots)) != len(slots):
-        raise ValueError(f"{path}: two devices in one slot")
+    places = [(d.slot, d.function) for d in devices]
+    if len(set(places)) != len(places):
+        raise ValueError(f"{path}: two devices at one address")
     return Topology(m["type"], m["memory"], int(m["cpus"]), m["iommu"], devices)
 
 
@@ -84,12 +92,15 @@ def command(
         "-kernel", str(kernel),
         "-append", append,
     ]  # fmt: skip
+    multi = {d.slot for d in topo.devices if d.function}
     for dev in topo.devices:
         opts = f",{dev.options}" if dev.options else ""
+        if dev.slot in multi and dev.function == 0:
+            opts += ",multifunction=on"
         if dev.qemu == "virtio-9p-pci":
             path, ro = shares[dev.name]
             fs = f"local,id=fs_{dev.name},path={path},security_model=none,multidevs=remap"
             argv += ["-fsdev", fs + (",readonly=on" if ro else "")]
             opts += f",fsdev=fs_{dev.name},mount_tag={dev.name}"
-        argv += ["-device", f"{dev.qemu},addr={dev.slot:#04x}.0{opts}"]
+        argv += ["-device", f"{dev.qemu},addr={dev.slot:#04x}.{dev.function}{opts}"]
     return argv

@@ -14,6 +14,8 @@ def test_topology_matches_q35_routing() -> None:
     alone = topo.on_line("alone")
     assert len(alone) == 1 and alone[0].qemu == "edu"
     others = [d for d in topo.devices if d is not alone[0]]
+    group = topo.on_line("group")
+    assert [d.address for d in group] == ["0000:00:11.0", "0000:00:11.1"]
     assert all(d.gsi != alone[0].gsi for d in others)
     assert topo.by_name("edu_a").address == "0000:00:04.0"
 
@@ -28,6 +30,7 @@ def test_qemu_command() -> None:
     argv = qemu.command(topo, kernel=Path("/k/bzImage"), append="console=ttyS0", shares=shares)
     joined = " ".join(argv)
     assert argv[:5] == ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max"]
+    assert "e1000,addr=0x11.0,romfile=,multifunction=on -device e1000,addr=0x11.1," in joined
     assert "-device edu,addr=0x04.0" in joined and "-device e1000,addr=0x0c.0,romfile=" in joined
     assert "path=/,security_model=none,multidevs=remap,readonly=on" in joined
     assert "path=/p,security_model=none,multidevs=remap -device" in joined

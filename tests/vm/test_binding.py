@@ -215,3 +215,19 @@ def test_persist_then_apply_after_a_simulated_reboot(topology) -> None:
     assert not Path(f"/etc/vfiokit/persist.d/{bdf}").exists()
     assert not Path("/etc/udev/rules.d/60-vfiokit-persist.rules").exists()
     assert state(bdf) == before
+
+
+def test_a_group_with_two_functions_moves_together(topology) -> None:
+    f0, f1 = topology.by_name("nic_f0").address, topology.by_name("nic_f1").address
+    assert h.group_of(f0) == h.group_of(f1), "the two functions must share a group"
+    before = {a: state(a) for a in (f0, f1)}
+    dry = vfiokit("bind", f1, "--dry-run", "--json")
+    steps = {s["address"]: s["reason"] for s in json.loads(dry.stdout)["steps"]}
+    assert steps == {f0: f"in IOMMU group {h.group_of(f0)} with {f1}", f1: "requested"}
+    res = vfiokit("bind", f1, "--json")
+    assert res.returncode == 0, res.stderr
+    assert sorted(json.loads(res.stdout)["bound"]) == [f0, f1]
+    assert h.driver_of(f0) == h.driver_of(f1) == "vfiokit-pci"
+    assert vfiokit("restore", "--all").returncode == 0
+    assert {a: state(a) for a in (f0, f1)} == before
+    assert before[f0]["driver"] == "e1000"

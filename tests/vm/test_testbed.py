@@ -34,7 +34,7 @@ def test_shared_and_alone_lines(topology) -> None:
     nic = topology.by_name("nic")
     iface = os.listdir(h.PCI / "devices" / nic.address / "net")[0]
     subprocess.run(["ip", "link", "set", iface, "up"], check=True)
-    edus = [d for d in topology.devices if d.qemu == "edu"]
+    edus = [d for d in topology.devices if d.qemu == "edu" and d.line in ("shared", "alone")]
     for dev in edus:
         h.bind(dev.address, "vfio-pci")
     opened = [h.VfioDevice(d.address) for d in edus]  # opening enables the device

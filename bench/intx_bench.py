@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -90,6 +91,49 @@ def config_accesses(bdf: str, policy: str, rounds: int = 200) -> float:
     return len(lines) / rounds
 
 
+# The kernel's side of one round trip: the hard-irq handler that masks, the unmask ioctl's
+# handler, and (policy "state" at device level) the config-space write through the core.
+KERNEL_FUNCS = {
+    "mask": ("vfiokit_intx_handler", "vfio_intx_handler"),
+    "unmask": ("vfiokit_intx_unmask", "vfio_pci_intx_unmask"),
+    "config_write": ("vfio_pci_core_write",),
+}
+_GRAPH_LINE = re.compile(r"([\d.]+) us\s+\|\s+(\w+)(?:\s*\[\w+\])?\(\);")
+
+
+def kernel_costs(bdf: str, policy: str, rounds: int = 300) -> dict[str, float | None]:
+    """Median time (µs) the kernel spends per call in each step, from the function_graph
+    tracer at depth 1 (its own overhead included: compare modes, not absolutes)."""
+    available = set((TRACING / "available_filter_functions").read_text().split())
+    wanted = {f: step for step, fs in KERNEL_FUNCS.items() for f in fs if f in available}
+    (TRACING / "tracing_on").write_text("0")
+    (TRACING / "current_tracer").write_text("nop")
+    (TRACING / "set_graph_function").write_text(" ".join(wanted) + "\n")
+    (TRACING / "max_graph_depth").write_text("1")
+    (TRACING / "trace").write_text("")
+    with open_device(bdf, backend="legacy") as vd:
+        intx = vd.intx(policy)
+        view = vd.device.bar(0).mmap().cast("I")
+        (TRACING / "current_tracer").write_text("function_graph")
+        (TRACING / "tracing_on").write_text("1")
+        for _ in range(rounds):
+            view[0x60 // 4] = 1
+            intx.wait()
+            view[0x64 // 4] = 1
+            intx.unmask()
+        (TRACING / "tracing_on").write_text("0")
+        view.release()
+    times: dict[str, list[float]] = {step: [] for step in KERNEL_FUNCS}
+    for line in (TRACING / "trace").read_text().splitlines():
+        m = _GRAPH_LINE.search(line)
+        if m and m.group(2) in wanted:
+            times[wanted[m.group(2)]].append(float(m.group(1)))
+    (TRACING / "current_tracer").write_text("nop")
+    (TRACING / "set_graph_function").write_text("\n")
+    (TRACING / "max_graph_depth").write_text("0")
+    return {step: (statistics.median(v) if v else None) for step, v in times.items()}
+
+
 def case(name: str, bdf: str, driver: str, shared: bool, policy: str = "kernel") -> None:
     """policy "state": read vfiokit-pci's state, unmask at the device (config write) or the
     line (ioctl); "kernel": one SET_IRQS UNMASK, the kernel picks."""
@@ -101,6 +145,7 @@ def case(name: str, bdf: str, driver: str, shared: bool, policy: str = "kernel")
             py = [python_loop(bdf, policy) for _ in range(RUNS)]
             c = [c_loop(bdf, mode) for _ in range(RUNS)]
             cfg = config_accesses(bdf, policy)
+            kernel = kernel_costs(bdf, policy)
     finally:
         subprocess.run(["ip", "link", "set", iface, "down"], check=True)
 
@@ -114,6 +159,7 @@ def case(name: str, bdf: str, driver: str, shared: bool, policy: str = "kernel")
         "python_unmasks": {k: py[-1][k] for k in ("line", "device", "kernel")},
         "c_unmasks": {k: c[-1][k] for k in ("line", "device")},
         "config_accesses_per_irq": cfg,
+        "kernel_us": kernel,
     }), flush=True)  # fmt: skip
 
 

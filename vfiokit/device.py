@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 from . import names, pciconfig
@@ -129,21 +130,22 @@ def _intx_masking(vendor: int | None, device: int | None, pin: int | None, cfg: 
     return None, "conventional PCI: the kernel tests INTx Disable at enumeration"
 
 
-def _children(sysroot: SysRoot, base: str, klass: str) -> list[str]:
-    """Names of class devices (net, block) anywhere below the PCI device."""
-    try:
-        dev = sysroot.path(base).resolve()
-    except OSError:
-        return []
-    found = []
+_BDF_PART = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def class_owners(sysroot: SysRoot, klass: str) -> dict[str, list[str]]:
+    """PCI address -> names of the class devices (net, block) anywhere below it, from one
+    pass over /sys/class/<klass> (resolving each entry once, not once per PCI device)."""
+    out: dict[str, list[str]] = {}
     for name in sysroot.listdir(f"/sys/class/{klass}"):
         try:
             target = sysroot.path(f"/sys/class/{klass}/{name}").resolve()
         except OSError:
             continue
-        if dev in target.parents:
-            found.append(name)
-    return found
+        for part in target.parts:
+            if _BDF_PART.match(part):
+                out.setdefault(part, []).append(name)
+    return out
 
 
 def _vfiokit_state(sysroot: SysRoot, base: str) -> dict[str, str] | None:
@@ -154,11 +156,16 @@ def _vfiokit_state(sysroot: SysRoot, base: str) -> dict[str, str] | None:
     return {n: sysroot.read(f"{base}/vfiokit/{n}") or "" for n in names}
 
 
-def read_device(sysroot: SysRoot, address: str) -> PciDevice:
-    """Build a PciDevice from sysfs. `address` must be canonical (see resolve())."""
+def read_device(
+    sysroot: SysRoot, address: str, owners: dict[str, dict[str, list[str]]] | None = None
+) -> PciDevice:
+    """Build a PciDevice from sysfs. `address` must be canonical (see resolve()). `owners`:
+    class_owners() of "net" and "block", when reading many devices at once."""
     base = f"/sys/bus/pci/devices/{address}"
     if not sysroot.exists(base):
         raise NotFound(f"no PCI device {address}", remedy="see `vfiokit list`")
+    if owners is None:
+        owners = {k: class_owners(sysroot, k) for k in ("net", "block")}
     r = sysroot.read
     ri = sysroot.read_int
     cfg = sysroot.read_bytes(f"{base}/config") or b""
@@ -200,11 +207,12 @@ def read_device(sysroot: SysRoot, address: str) -> PciDevice:
         sriov_totalvfs=ri(f"{base}/sriov_totalvfs", 10),
         sriov_numvfs=ri(f"{base}/sriov_numvfs", 10),
         physfn=sysroot.link_name(f"{base}/physfn"),
-        net_interfaces=_children(sysroot, base, "net"),
-        block_devices=_children(sysroot, base, "block"),
+        net_interfaces=owners["net"].get(address, []),
+        block_devices=owners["block"].get(address, []),
         vfiokit_intx=_vfiokit_state(sysroot, base),
     )
 
 
 def read_all(sysroot: SysRoot) -> list[PciDevice]:
-    return [read_device(sysroot, a) for a in list_addresses(sysroot)]
+    owners = {k: class_owners(sysroot, k) for k in ("net", "block")}
+    return [read_device(sysroot, a, owners) for a in list_addresses(sysroot)]

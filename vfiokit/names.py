@@ -6,6 +6,7 @@ without pci.ids) they are None, and nothing else depends on them.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from .sysroot import SysRoot
@@ -13,56 +14,59 @@ from .sysroot import SysRoot
 PCI_IDS_PATHS = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids")
 
 
-def parse_pci_ids(text: str) -> tuple[dict[int, str], dict[tuple[int, int], str]]:
-    """Parse pci.ids: ``(vendors, devices)`` keyed by vendor and (vendor, device) ID.
+@lru_cache(maxsize=4)
+def _pci_ids_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
 
-    Subsystem lines (two tabs) and the device-class section (``C xx``) are skipped; a
-    malformed line is ignored rather than fatal.
-    """
-    vendors: dict[int, str] = {}
-    devices: dict[tuple[int, int], str] = {}
-    vendor: int | None = None
-    for raw in text.splitlines():
-        if not raw or raw.startswith("#"):
-            continue
-        if raw.startswith("C "):
-            vendor = None
-            continue
-        if raw.startswith("\t\t"):
-            continue
-        if raw.startswith("\t"):
-            if vendor is None:
-                continue
-            ident, _, name = raw[1:].partition(" ")
-            try:
-                devices[(vendor, int(ident, 16))] = name.strip()
-            except ValueError:
-                continue
-            continue
-        ident, _, name = raw.partition(" ")
-        try:
-            vendor = int(ident, 16)
-        except ValueError:
-            vendor = None
-            continue
-        vendors[vendor] = name.strip()
-    return vendors, devices
+
+_VENDOR_LINE = re.compile(r"^([0-9a-f]{4})  (.+)$", re.M)
 
 
 @lru_cache(maxsize=4)
-def _pci_ids(path: str) -> tuple[dict[int, str], dict[tuple[int, int], str]]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return parse_pci_ids(f.read())
-    except OSError:
-        return {}, {}
+def _vendor_index(text: str) -> dict[int, tuple[str, int, int]]:
+    """vendor -> (name, start, end) of its block of device lines: one pass over the file."""
+    found = [
+        (int(m.group(1), 16), m.group(2).strip(), m.end()) for m in _VENDOR_LINE.finditer(text)
+    ]
+    out = {}
+    for i, (vendor, name, start) in enumerate(found):
+        end = found[i + 1][2] if i + 1 < len(found) else len(text)
+        out.setdefault(vendor, (name, start, end))
+    return out
 
 
-def _udev_properties(sys_path: str) -> dict[str, str]:
+def find_in_pci_ids(text: str, vendor: int, device: int | None) -> tuple[str | None, str | None]:
+    """The names of one vendor and device from pci.ids. The vendors are indexed once per
+    process, without parsing every device line (the file is 1.3 MB)."""
+    entry = _vendor_index(text).get(vendor)
+    if entry is None:
+        return None, None
+    name, start, end = entry
+    if device is None:
+        return name, None
+    d = re.compile(rf"^\t{device:04x}  (.+)$", re.M).search(text, start, end)
+    return name, (d.group(1).strip() if d else None)
+
+
+@lru_cache(maxsize=1)
+def _udev_context():  # type: ignore[no-untyped-def]
+    import pyudev
+
+    return pyudev.Context()
+
+
+def _udev_properties(sysroot: SysRoot, sys_path: str) -> dict[str, str]:
+    """udev's properties of a device; {} where udev keeps no database (no udevd runs)."""
+    if not sysroot.exists("/run/udev/data"):
+        return {}
     try:
         import pyudev
 
-        dev = pyudev.Devices.from_sys_path(pyudev.Context(), sys_path)
+        dev = pyudev.Devices.from_sys_path(_udev_context(), sys_path)
         return dict(dev.properties)
     except Exception:  # no libudev, no such device: names are optional
         return {}
@@ -74,16 +78,15 @@ def lookup(
     """(vendor name, device name) for a PCI device, each None when unknown."""
     vname = dname = None
     if sysroot.is_host:
-        props = _udev_properties(f"/sys/bus/pci/devices/{bdf}")
+        props = _udev_properties(sysroot, f"/sys/bus/pci/devices/{bdf}")
         vname = props.get("ID_VENDOR_FROM_DATABASE")
         dname = props.get("ID_MODEL_FROM_DATABASE")
     if (vname is None or dname is None) and vendor is not None:
         for rel in PCI_IDS_PATHS:
             path = sysroot.path(rel)
             if path.exists():
-                vendors, devices = _pci_ids(str(path))
-                vname = vname or vendors.get(vendor)
-                if device is not None:
-                    dname = dname or devices.get((vendor, device))
+                v, d = find_in_pci_ids(_pci_ids_text(str(path)), vendor, device)
+                vname = vname or v
+                dname = dname or d
                 break
     return vname, dname

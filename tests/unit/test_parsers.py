@@ -61,11 +61,16 @@ C 02  Network controller
 
 
 def test_pci_ids() -> None:
-    vendors, devices = names.parse_pci_ids(PCI_IDS)
-    assert vendors == {0x8086: "Intel Corporation", 0x1234: "Technical Corp."}
-    assert devices[(0x8086, 0x100E)] == "82540EM Gigabit Ethernet Controller"
-    assert devices[(0x1234, 0x11E8)] == "QEMU edu device"
-    assert len(devices) == 2  # subsystems and classes are not devices
+    find = names.find_in_pci_ids
+    assert find(PCI_IDS, 0x8086, 0x100E) == (
+        "Intel Corporation",
+        "82540EM Gigabit Ethernet Controller",
+    )
+    assert find(PCI_IDS, 0x1234, 0x11E8) == ("Technical Corp.", "QEMU edu device")
+    assert find(PCI_IDS, 0x1234, None) == ("Technical Corp.", None)
+    assert find(PCI_IDS, 0x8086, 0x11E8) == ("Intel Corporation", None)  # another vendor's
+    assert find(PCI_IDS, 0x8086, 0x0001) == ("Intel Corporation", None)  # subsystem line
+    assert find(PCI_IDS, 0xABCD, 0x0000) == (None, None)
 
 
 @given(st.text(max_size=2000))
@@ -82,8 +87,7 @@ def test_actions_roundtrip(handlers: list[str]) -> None:
     assert intx.parse_actions(",".join(handlers)) == tuple(cleaned)
 
 
-@given(st.text(max_size=2000))
-def test_pci_ids_never_raises(text: str) -> None:
-    vendors, devices = names.parse_pci_ids(text)
-    assert all(v >= 0 for v in vendors)
-    assert all(v in vendors for v, _ in devices)
+@given(st.text(max_size=2000), st.integers(0, 0xFFFF), st.none() | st.integers(0, 0xFFFF))
+def test_pci_ids_never_raises(text: str, vendor: int, device: int | None) -> None:
+    v, d = names.find_in_pci_ids(text, vendor, device)
+    assert d is None or v is not None  # a device name only under its vendor

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from .. import device as devmod
-from ..binding.assign import Assigner, device_nodes
 from ..binding.memlock import Limit, human, parse_size, user_limit
 from ..binding.snippets import libvirt_hostdev, qemu_args
 from ..errors import InvalidArgument
@@ -63,6 +62,8 @@ def assign_cmd(
         except ValueError:
             raise InvalidArgument(f"--memlock: not a size: {memlock!r}",
                                   remedy="e.g. 512M, 4G or unlimited") from None  # fmt: skip
+    from ..binding.assign import Assigner, device_nodes
+
     sysroot = SysRoot()
     address = devmod.resolve(sysroot, address)
     if (qemu or libvirt) and not (user or group):
@@ -97,6 +98,8 @@ def unassign_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Give the device's VFIO nodes back their prior owner and mode; remove the udev rule."""
+    from ..binding.assign import Assigner
+
     a = Assigner().unassign(address)
     if as_json:
         typer.echo(dumps({"unassigned": a.to_dict() if a else None}))

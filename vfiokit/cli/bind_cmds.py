@@ -6,8 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ..binding import Binder, Journal, plan_bind
-from ..binding.persist import Persisted
 from ..sysroot import SysRoot
 from .errors import handled
 from .inspect_cmds import JsonOpt
@@ -33,6 +31,9 @@ def bind_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Bind devices (and what their IOMMU groups require) to a VFIO driver; all or nothing."""
+    from ..binding import Binder, plan_bind
+    from ..binding.persist import Persisted
+
     sysroot = SysRoot()
     plan = plan_bind(sysroot, addresses, driver)
     persisted = Persisted(sysroot)
@@ -75,6 +76,8 @@ def apply_persisted_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Bind persisted devices to their driver (what vfiokit-persist@.service runs at boot)."""
+    from ..binding import Binder, plan_bind
+    from ..binding.persist import Persisted
     from ..errors import NotFound
 
     sysroot = SysRoot()
@@ -106,6 +109,9 @@ def unbind_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Give devices back to the driver they had before `vfiokit bind` (else the kernel's)."""
+    from ..binding import Binder
+    from ..binding.persist import Persisted
+
     binder = Binder(progress=_say(as_json))
     forgotten = []
     if persist:
@@ -130,6 +136,7 @@ def restore_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Undo binds from the journal (also after a killed run); idempotent."""
+    from ..binding import Binder, Journal
     from ..errors import InvalidArgument
 
     if not addresses and not all_:

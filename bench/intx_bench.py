@@ -52,11 +52,62 @@ def python_loop(bdf: str, policy: str) -> dict[str, float]:
             "p99_us": lat[len(lat) * 99 // 100] * 1e6, **counts}  # fmt: skip
 
 
+def stdlib_loop(bdf: str) -> dict[str, float]:
+    """The same round trip with the stdlib only (os.eventfd_read, fcntl.ioctl on the fds
+    vfiokit opened): the floor for Python, to see what the API layers cost on top of it."""
+    import ctypes
+    import fcntl
+
+    from vfiokit.vfio import uapi as U
+
+    with open_device(bdf, backend="legacy") as vd:
+        intx = vd.intx("kernel")
+        efd, fd = intx.efds[0], vd.device.fd
+        req = U.VFIO_DEVICE_SET_IRQS
+        arg = U.vfio_irq_set(ctypes.sizeof(U.vfio_irq_set),
+                             U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_UNMASK,
+                             U.VFIO_PCI_INTX_IRQ_INDEX, 0, 1).to_bytes()  # fmt: skip
+        view = vd.device.bar(0).mmap().cast("I")
+        read, ioctl = os.eventfd_read, fcntl.ioctl
+        lat: list[float] = []
+        clock = time.perf_counter
+        end = clock() + SECONDS
+        start = clock()
+        while clock() < end:
+            t0 = clock()
+            view[0x60 // 4] = 1
+            read(efd)
+            view[0x64 // 4] = 1
+            ioctl(fd, req, arg)
+            lat.append(clock() - t0)
+        took = clock() - start
+        view.release()
+    lat.sort()
+    return {"rate": len(lat) / took, "p50_us": lat[len(lat) // 2] * 1e6,
+            "p99_us": lat[len(lat) * 99 // 100] * 1e6}  # fmt: skip
+
+
 def c_loop(bdf: str, mode: str) -> dict[str, float]:
     out = subprocess.run([C_LOOP, bdf, h.group_of(bdf), str(SECONDS), mode],
                          capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     rounds, took, line, device, p50, p99 = (float(x) for x in out)
     return {"rate": rounds / took, "p50_us": p50, "p99_us": p99, "line": line, "device": device}
+
+
+def traced_round_trips(bdf: str, policy: str, rounds: int, tracer: str) -> None:
+    """`rounds` round trips with `tracer` on (its filters already set by the caller)."""
+    with open_device(bdf, backend="legacy") as vd:
+        intx = vd.intx(policy)
+        view = vd.device.bar(0).mmap().cast("I")
+        (TRACING / "current_tracer").write_text(tracer)
+        (TRACING / "tracing_on").write_text("1")
+        for _ in range(rounds):
+            view[0x60 // 4] = 1
+            intx.wait()
+            view[0x64 // 4] = 1
+            intx.unmask()
+        (TRACING / "tracing_on").write_text("0")
+        view.release()
 
 
 def config_accesses(bdf: str, policy: str, rounds: int = 200) -> float:
@@ -73,18 +124,7 @@ def config_accesses(bdf: str, policy: str, rounds: int = 200) -> float:
     (TRACING / "set_ftrace_filter").write_text(" ".join(funcs) + "\n")
     assert set((TRACING / "set_ftrace_filter").read_text().split()) == set(funcs)
     (TRACING / "trace").write_text("")
-    with open_device(bdf, backend="legacy") as vd:
-        intx = vd.intx(policy)
-        view = vd.device.bar(0).mmap().cast("I")
-        (TRACING / "current_tracer").write_text("function")
-        (TRACING / "tracing_on").write_text("1")
-        for _ in range(rounds):
-            view[0x60 // 4] = 1
-            intx.wait()
-            view[0x64 // 4] = 1
-            intx.unmask()
-        (TRACING / "tracing_on").write_text("0")
-        view.release()
+    traced_round_trips(bdf, policy, rounds, "function")
     lines = [x for x in (TRACING / "trace").read_text().splitlines() if not x.startswith("#")]
     (TRACING / "current_tracer").write_text("nop")
     (TRACING / "set_ftrace_filter").write_text("\n")
@@ -95,7 +135,7 @@ def config_accesses(bdf: str, policy: str, rounds: int = 200) -> float:
 # handler, and (policy "state" at device level) the config-space write through the core.
 KERNEL_FUNCS = {
     "mask": ("vfiokit_intx_handler", "vfio_intx_handler"),
-    "unmask": ("vfiokit_intx_unmask", "vfio_pci_intx_unmask"),
+    "unmask": ("vfiokit_intx_unmask", "__vfio_pci_intx_unmask"),
     "config_write": ("vfio_pci_core_write",),
 }
 _GRAPH_LINE = re.compile(r"([\d.]+) us\s+\|\s+(\w+)(?:\s*\[\w+\])?\(\);")
@@ -111,18 +151,7 @@ def kernel_costs(bdf: str, policy: str, rounds: int = 300) -> dict[str, float | 
     (TRACING / "set_graph_function").write_text(" ".join(wanted) + "\n")
     (TRACING / "max_graph_depth").write_text("1")
     (TRACING / "trace").write_text("")
-    with open_device(bdf, backend="legacy") as vd:
-        intx = vd.intx(policy)
-        view = vd.device.bar(0).mmap().cast("I")
-        (TRACING / "current_tracer").write_text("function_graph")
-        (TRACING / "tracing_on").write_text("1")
-        for _ in range(rounds):
-            view[0x60 // 4] = 1
-            intx.wait()
-            view[0x64 // 4] = 1
-            intx.unmask()
-        (TRACING / "tracing_on").write_text("0")
-        view.release()
+    traced_round_trips(bdf, policy, rounds, "function_graph")
     times: dict[str, list[float]] = {step: [] for step in KERNEL_FUNCS}
     for line in (TRACING / "trace").read_text().splitlines():
         m = _GRAPH_LINE.search(line)
@@ -134,7 +163,8 @@ def kernel_costs(bdf: str, policy: str, rounds: int = 300) -> dict[str, float | 
     return {step: (statistics.median(v) if v else None) for step, v in times.items()}
 
 
-def case(name: str, bdf: str, driver: str, shared: bool, policy: str = "kernel") -> None:
+def case(name: str, bdf: str, driver: str, shared: bool, policy: str = "kernel",
+         stdlib: bool = False) -> None:  # fmt: skip
     """policy "state": read vfiokit-pci's state, unmask at the device (config write) or the
     line (ioctl); "kernel": one SET_IRQS UNMASK, the kernel picks."""
     iface = os.listdir(f"/sys/bus/pci/devices/{NIC}/net")[0]
@@ -143,6 +173,7 @@ def case(name: str, bdf: str, driver: str, shared: bool, policy: str = "kernel")
     try:
         with h.bound(bdf, driver):
             py = [python_loop(bdf, policy) for _ in range(RUNS)]
+            raw = [stdlib_loop(bdf) for _ in range(RUNS)] if stdlib else []
             c = [c_loop(bdf, mode) for _ in range(RUNS)]
             cfg = config_accesses(bdf, policy)
             kernel = kernel_costs(bdf, policy)
@@ -155,6 +186,7 @@ def case(name: str, bdf: str, driver: str, shared: bool, policy: str = "kernel")
     print(json.dumps({
         "case": name, "driver": driver, "device": bdf, "shared": shared, "policy": policy,
         "python": {k: med(py, k) for k in ("rate", "p50_us", "p99_us")},
+        "python_stdlib": {k: med(raw, k) for k in ("rate", "p50_us", "p99_us")} if raw else None,
         "c": {k: med(c, k) for k in ("rate", "p50_us", "p99_us")},
         "python_unmasks": {k: py[-1][k] for k in ("line", "device", "kernel")},
         "c_unmasks": {k: c[-1][k] for k in ("line", "device")},
@@ -171,7 +203,7 @@ def main() -> None:
     if nointxmask:
         case("stock vfio-pci, nointxmask, alone (line)", ALONE, "vfio-pci", False)
         return
-    case("vfiokit-pci alone (line), unmask ioctl", ALONE, "vfiokit-pci", False)
+    case("vfiokit-pci alone (line), unmask ioctl", ALONE, "vfiokit-pci", False, stdlib=True)
     case("vfiokit-pci alone (line), state + unmask", ALONE, "vfiokit-pci", False, "state")
     case("vfiokit-pci shared (device), unmask ioctl", SHARED, "vfiokit-pci", True)
     case("vfiokit-pci shared (device), state + config write", SHARED, "vfiokit-pci", True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import selectors
+import threading
 
 import pytest
 
@@ -169,6 +170,16 @@ def test_intx_stock_uses_the_ioctl(host: FakeSys, kernel: FakeSyscalls, backend:
         kernel.fire(dev, 0)
         assert intx.wait(1) == 1
         assert intx.counts == {"line": 0, "device": 0, "kernel": 1}
+        # wait() without a time-out is one blocking read; it returns once signalled.
+        intx.unmask()
+        timer = threading.Timer(0.05, kernel.fire, (dev, 0))
+        timer.start()
+        assert intx.wait() == 1
+        timer.join()
+        intx.close()
+        with pytest.raises(VfioError) as info:
+            intx.wait()
+        assert info.value.errno == errno.EBADF
     assert kernel.open_fds == 0 and dev.triggers == {}
 
 

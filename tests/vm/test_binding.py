@@ -118,6 +118,25 @@ def test_bad_input_and_no_root(topology) -> None:
     assert res.returncode == 4 and "root" in res.stderr
     assert state(bdf) == before
     assert vfiokit("bind", bdf, "--driver", "no-such-driver").returncode == 5
+    # Every other verb: one line, the right code, nothing changed.
+    for args, code in (
+        (("unbind", "00:1e.0"), 3),
+        (("restore", "00:1e.0"), 3),
+        (("restore",), 2),
+        (("assign", "00:1e.0", "--user", "nobody"), 3),
+        (("assign", bdf, "--user", "nobody"), 2),  # not bound to VFIO
+        (("assign", bdf, "--user", "no-such-user"), 3),
+        (("unassign", "zz"), 2),
+        (("apply-persisted", bdf), 3),  # no record
+    ):
+        res = vfiokit(*args)
+        assert res.returncode == code, (args, res.stderr)
+        assert res.stderr.startswith("error: ") and len(res.stderr.splitlines()) <= 2, args
+    for args in (("unbind", bdf), ("restore", "--all"), ("assign", bdf, "--user", "nobody"),
+                 ("unassign", bdf), ("apply-persisted",)):  # fmt: skip
+        res = vfiokit(*args, user=65534)
+        assert res.returncode == 4, (args, res.stderr)
+    assert state(bdf) == before
 
 
 def _node_states(paths: list[str]) -> dict[str, tuple[int, int, int]]:

@@ -166,9 +166,9 @@ class Assigner:
         if not user and not group:
             raise InvalidArgument("name a --user, a --group or both", remedy="--user NAME")
         address = devmod.resolve(self.sysroot, address)
+        self._check_root()
         uid, gid = _ids(user, group)
         iommu_group, nodes = device_nodes(self.sysroot, address)
-        self._check_root()
         previous = self.get(address)
         mode = 0o660 if group else 0o600
         a = Assignment(address, iommu_group, user, uid, group, gid, mode)

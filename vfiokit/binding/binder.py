@@ -149,6 +149,12 @@ class Binder:
         self.timeout = timeout
 
     # -- primitives -------------------------------------------------------------------------
+    def require_root(self, what: str) -> None:
+        """Say so before anything happens, not at the first sysfs write (or, for restore,
+        after reading a journal that only root can see)."""
+        if os.geteuid() != 0 and isinstance(self.writer, SysfsWriter) and self.sysroot.is_host:
+            raise PermissionDenied(f"{what} needs root", remedy="run as root (sudo)")
+
     def _driver(self, addr: str) -> str | None:
         return self.sysroot.link_name(f"/sys/bus/pci/devices/{addr}/driver")
 
@@ -196,8 +202,7 @@ class Binder:
                 f"{u.address} is in use: {u.what}",
                 remedy="this device is never taken" if fatal else "stop using it, or pass --force",
             )
-        if os.geteuid() != 0 and isinstance(self.writer, SysfsWriter) and self.sysroot.is_host:
-            raise PermissionDenied("binding needs root", remedy="run as root (sudo)")
+        self.require_root("binding")
         self.ensure_driver(plan.target)
         done: list[Step] = []
         try:
@@ -210,17 +215,24 @@ class Binder:
                 # A stale override would keep the native driver away after an unbind.
                 self.writer.write(f"/sys/bus/pci/devices/{step.address}/driver_override",
                                   plan.target if keep_override else "\n")  # fmt: skip
-            for group in sorted(set(plan.groups.values())):
-                if not self.sysroot.is_host:
-                    break
-                self._wait(lambda g=group: self.sysroot.exists(f"/dev/vfio/{g}"),
-                           f"/dev/vfio/{group}")  # fmt: skip
+            if self.sysroot.is_host:
+                for node in self._nodes(plan):
+                    self._wait(lambda n=node: self.sysroot.exists(n), node)
         except BaseException:
             self.progress("failed: restoring what was changed")
             for step in reversed(done):
                 self.restore_one(step.address)
             raise
         return [s.address for s in plan.steps]
+
+    def _nodes(self, plan: Plan) -> list[str]:
+        """The nodes udev/devtmpfs must create: each group's, and each moved device's VFIO
+        cdev where the kernel has them (iommufd)."""
+        nodes = [f"/dev/vfio/{g}" for g in sorted(set(plan.groups.values()))]
+        for step in plan.steps:
+            for cdev in self.sysroot.listdir(f"/sys/bus/pci/devices/{step.address}/vfio-dev"):
+                nodes.append(f"/dev/vfio/devices/{cdev}")
+        return nodes
 
     def restore_one(self, addr: str) -> bool:
         """Put a journaled device back as it was; False if it has no journal entry."""
@@ -248,6 +260,7 @@ class Binder:
 
     def restore(self, addresses: list[str] | None = None) -> list[str]:
         """Restore the named devices, or every journaled one. Idempotent."""
+        self.require_root("restoring")
         todo = addresses if addresses is not None else [e.address for e in self.journal.entries()]
         return [a for a in todo if self.restore_one(a)]
 
@@ -257,6 +270,7 @@ class Binder:
         `forget`: the addresses whose persisted binding is being removed. A driver_override
         naming a VFIO driver (set at boot by the persist rule) is cleared on them, and a
         device left without a driver is offered to the kernel's choice."""
+        self.require_root("unbinding")
         out = []
         for addr in addresses:
             addr = devmod.resolve(self.sysroot, addr)

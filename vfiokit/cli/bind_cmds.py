@@ -92,6 +92,7 @@ def apply_persisted_cmd(
                            remedy=f"vfiokit bind --persist {missing[0]}")  # fmt: skip
         wanted = {a: wanted[a] for a in names}
     binder = Binder(sysroot, progress=_say(as_json))
+    binder.require_root("binding")
     done: list[str] = []
     for addr, target in sorted(wanted.items()):
         done += binder.bind(plan_bind(sysroot, [addr], target), keep_override=True)

@@ -463,7 +463,7 @@ class FakeSyscalls:
         return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
     def eventfd(self, nonblock: bool = True) -> int:
-        real = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        real = os.eventfd(0, os.EFD_CLOEXEC | (os.EFD_NONBLOCK if nonblock else 0))
         return self._new("eventfd", real)
 
     def _real(self, fd: int) -> int:
@@ -474,6 +474,9 @@ class FakeSyscalls:
             return os.eventfd_read(self._real(fd))
         except BlockingIOError:
             return 0
+
+    def eventfd_read_blocking(self, fd: int) -> int:
+        return os.eventfd_read(self._real(fd))
 
     def eventfd_write(self, fd: int, value: int = 1) -> None:
         os.eventfd_write(self._real(fd), value)

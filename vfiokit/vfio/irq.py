@@ -22,6 +22,7 @@ from ..errors import Unsupported, VfiokitError
 from . import uapi as U
 from .device import Device
 
+_SET_IRQS, _FEATURE = U.VFIO_DEVICE_SET_IRQS, U.VFIO_DEVICE_FEATURE  # hot path: no lookups
 PCI_COMMAND_HI = 5  # the command register's high byte: INTx Disable is its bit 2
 INTX_DISABLE_HI = 0x04
 
@@ -65,7 +66,10 @@ class _EventfdWaiter:
         return self.device.sys.pollable(self.efds[0])
 
     def _drain(self, fds: list[int]) -> int:
-        return sum(self.device.sys.eventfd_read(fd) for fd in fds)
+        """Read the counters of the signalled eventfds among `fds` (never blocks, also
+        for Intx's blocking eventfd: only the ready ones are read)."""
+        sys = self.device.sys
+        return sum(sys.eventfd_read(fd) for fd in sys.wait_readable(fds, 0))
 
     async def wait_async(self) -> int:
         """Wait in an asyncio loop; returns the number of interrupts signalled."""
@@ -92,8 +96,7 @@ class Intx(_EventfdWaiter):
     """The device's INTx, enabled with an eventfd trigger on creation."""
 
     def __init__(self, device: Device, policy: str = "state"):
-        if policy not in ("state", "kernel"):
-            raise VfiokitError(f"unknown unmask policy {policy!r} (state or kernel)")
+        self.vfiokit = False
         info = device.irq_info(U.VFIO_PCI_INTX_IRQ_INDEX)
         if info.count < 1 or not info.eventfd:
             raise Unsupported(
@@ -103,7 +106,9 @@ class Intx(_EventfdWaiter):
         self.device = device
         self.policy = policy
         sys = device.sys
-        self.efds = [sys.eventfd()]
+        # Blocking: wait() with no time-out is then one read(2), no poll first.
+        self.efds = [sys.eventfd(nonblock=False)]
+        self._efd = self.efds[0]
         try:
             device.set_irqs(
                 U.VFIO_PCI_INTX_IRQ_INDEX,
@@ -134,7 +139,21 @@ class Intx(_EventfdWaiter):
         self._cmd_hi_offset = cfg.offset + PCI_COMMAND_HI
         self._cmd_hi_unmask = bytes([cfg.read(PCI_COMMAND_HI, 1) & ~INTX_DISABLE_HI & 0xFF])
         self.vfiokit = self._probe_vfiokit()
+        self.policy = policy  # again: the adaptive path needs vfiokit known
         self.counts = {"line": 0, "device": 0, "kernel": 0}
+
+    @property
+    def policy(self) -> str:
+        """ "state": read vfiokit-pci's state and unmask at the device or the line;
+        "kernel": one unmask ioctl, vfiokit-pci (or vfio-pci) picks."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        if value not in ("state", "kernel"):
+            raise VfiokitError(f"unknown unmask policy {value!r} (state or kernel)")
+        self._policy = value
+        self._adaptive = value == "state" and self.vfiokit
 
     def _probe_vfiokit(self) -> bool:
         try:
@@ -155,25 +174,27 @@ class Intx(_EventfdWaiter):
     def wait(self, timeout: float | None = None) -> int:
         """Block until the interrupt fires; the number signalled (0 on time-out)."""
         sys = self.device.sys
+        if timeout is None:
+            return sys.eventfd_read_blocking(self._efd)
         if not sys.wait_readable(self.efds, timeout):
             return 0
-        return sys.eventfd_read(self.efds[0])
+        return sys.eventfd_read(self._efd)
 
     def unmask(self) -> str:
         """Unmask after handling the device; returns how: "line", "device" or "kernel"."""
-        sys = self.device.sys
-        fd = self.device.fd
-        if self.policy == "state" and self.vfiokit:
+        dev = self.device
+        sys, fd = dev.sys, dev.fd
+        if self._adaptive:
             arg = self._state_arg
-            sys.ioctl(fd, U.VFIO_DEVICE_FEATURE, arg)
+            sys.ioctl(fd, _FEATURE, arg)
             if arg[self._mask_device_at]:
                 sys.pwrite(fd, self._cmd_hi_unmask, self._cmd_hi_offset)
                 self.counts["device"] += 1
                 return "device"
-            sys.ioctl(fd, U.VFIO_DEVICE_SET_IRQS, self._unmask_arg)
+            sys.ioctl(fd, _SET_IRQS, self._unmask_arg)
             self.counts["line"] += 1
             return "line"
-        sys.ioctl(fd, U.VFIO_DEVICE_SET_IRQS, self._unmask_arg)
+        sys.ioctl(fd, _SET_IRQS, self._unmask_arg)
         self.counts["kernel"] += 1
         return "kernel"
 
@@ -204,6 +225,7 @@ class Intx(_EventfdWaiter):
         for fd in self.efds:
             self.device.sys.close(fd)
         self.efds = []
+        self._efd = -1  # wait() after close: EBADF, not a read on a reused fd number
 
 
 class Vectors(_EventfdWaiter):

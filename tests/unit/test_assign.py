@@ -180,6 +180,7 @@ def test_cli_persist_list_and_apply(fake: FakeSys, tmp_path, monkeypatch) -> Non
     (fake.root / "sys/bus/pci/drivers/vfio-pci").mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("VFIOKIT_SYSROOT", str(fake.root))
     monkeypatch.setenv("VFIOKIT_JOURNAL", str(tmp_path / "journal"))
+    monkeypatch.setenv("VFIOKIT_ASSIGN_STATE", str(tmp_path / "assign"))
     kernel = FakeSysfsKernel(fake, native={"0000:02:00.0": "e1000e"})
     monkeypatch.setattr("vfiokit.binding.binder.SysfsWriter", lambda _s: kernel)
     monkeypatch.setattr("vfiokit.binding.binder.HostState.read",
@@ -195,6 +196,8 @@ def test_cli_persist_list_and_apply(fake: FakeSys, tmp_path, monkeypatch) -> Non
     assert listed["0000:02:00.0"]["persisted"] == "vfio-pci"
     assert listed["0000:02:00.0"]["driver_override"] == "vfio-pci"
     assert listed["0000:00:1b.0"]["persisted"] is None
+    shown = json.loads(run(app, ["show", "02:00.0", "--json"]).output)
+    assert shown["persisted"] == "vfio-pci" and shown["assignment"] is None
     # "Reboot": the journal is gone and the native driver probed first.
     for p in (tmp_path / "journal").iterdir():
         p.unlink()

@@ -175,6 +175,8 @@ def test_assign_lets_a_user_in_and_unassign_takes_it_back(topology, backend) -> 
         out = json.loads(res.stdout)
         assert out["memlock"]["enough"] is False and out["memlock"]["soft"] == 8 << 20
         assert Path(out["assignment"]["rule"]).read_text().count('OWNER="nobody"') == 2
+        shown = json.loads(vfiokit("show", bdf, "--json").stdout)
+        assert shown["assignment"]["user"] == "nobody"
         opened = _as_nobody_open(bdf, backend)
         assert opened.returncode == 0, opened.stderr
         assert opened.stdout.strip() == "0x10000ed"  # edu's identification register

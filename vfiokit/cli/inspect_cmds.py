@@ -89,6 +89,11 @@ def _show_data(sysroot: SysRoot, dev: devmod.PciDevice) -> dict[str, object]:
     data["intx_line"] = (
         intx.read_line(sysroot, dev.irq).to_dict() if dev.intx_pin and dev.irq else None
     )
+    from ..binding.assign import Assigner
+
+    data["persisted"] = Persisted(sysroot).all().get(dev.address)
+    assignment = Assigner(sysroot).get(dev.address)
+    data["assignment"] = assignment.to_dict() if assignment else None
     return data
 
 
@@ -120,6 +125,16 @@ def show_cmd(
         ("revision", dev.revision),
         ("driver", dev.driver or "none"),
         ("driver_override", dev.driver_override),
+        ("persisted", data["persisted"]),
+        (
+            "assigned to",
+            " and ".join(
+                f"{k} {v}"
+                for k, v in (data["assignment"] or {}).items()
+                if k in ("user", "group") and v
+            )
+            or None,
+        ),
         ("iommu group", dev.iommu_group),
         ("group members", ", ".join(dev.iommu_group_members) or None),
         ("numa node", dev.numa_node),

@@ -229,3 +229,30 @@ def test_cli_assign_usage_errors(fake: FakeSys, monkeypatch) -> None:
     out = json.loads(res.output)
     assert out["qemu"][-1] == "vfio-pci,host=0000:00:04.0,id=hostdev0"
     assert "<hostdev" in out["libvirt"] and "assignment" not in out  # nothing assigned
+
+
+def test_rebind_keeps_the_assigned_owner(fake: FakeSys, tmp_path) -> None:
+    """vfio-pci -> vfiokit-pci re-creates the group node as root:root 0600; the binder
+    journals the owner it had and gives it back, after the bind and after the restore."""
+    from vfiokit.binding import Binder, Journal, plan_bind
+
+    bound_edu(fake, cdev=False)
+    (fake.root / "sys/bus/pci/drivers/vfiokit-pci").mkdir()
+    ops = FakeNodes(["/dev/vfio/9"])
+    ops.state["/dev/vfio/9"] = (NOBODY.pw_uid, NOBODY.pw_gid, 0o600)  # assigned earlier
+
+    class RecreatingKernel(FakeSysfsKernel):
+        def write(self, rel: str, text: str) -> None:
+            super().write(rel, text)
+            if rel.endswith("drivers_probe"):
+                ops.state["/dev/vfio/9"] = (0, 0, 0o600)  # what the kernel makes
+
+    sysroot = SysRoot(fake.root)
+    kernel = RecreatingKernel(fake)
+    b = Binder(sysroot, writer=kernel, journal=Journal(tmp_path / "j"), timeout=0.2, nodes=ops)
+    b.bind(plan_bind(sysroot, ["00:04.0"], "vfiokit-pci", host=HostState({}, {})))
+    assert b.journal.get("0000:00:04.0").nodes == {"group": [NOBODY.pw_uid, NOBODY.pw_gid, 0o600]}
+    assert ops.state["/dev/vfio/9"] == (NOBODY.pw_uid, NOBODY.pw_gid, 0o600)
+    b.restore()
+    assert ops.state["/dev/vfio/9"] == (NOBODY.pw_uid, NOBODY.pw_gid, 0o600)
+    assert sysroot.link_name("/sys/bus/pci/devices/0000:00:04.0/driver") == "vfio-pci"

@@ -190,7 +190,8 @@ def test_assign_lets_a_user_in_and_unassign_takes_it_back(topology, backend) -> 
 
 def test_assign_qemu_arguments_start_a_vm_as_the_user(topology) -> None:
     """The printed -device argument, given to a real QEMU run by the assigned user, opens
-    the device through VFIO (QEMU maps its RAM for DMA: memlock raised by prlimit)."""
+    the device through VFIO (QEMU maps its RAM for DMA: memlock raised by prlimit), after
+    the device moved from vfio-pci to vfiokit-pci with the user keeping access."""
     bdf = topology.by_name("edu_alone").address
     os.chmod("/root", 0o711)
     assert vfiokit("bind", bdf, "--driver", "vfio-pci").returncode == 0
@@ -199,6 +200,11 @@ def test_assign_qemu_arguments_start_a_vm_as_the_user(topology) -> None:
         assert res.returncode == 0, res.stderr
         out = json.loads(res.stdout)
         assert "<address domain='0x0000' bus='0x00' slot='0x06' function='0x0'/>" in out["libvirt"]
+        # Moving it to vfiokit-pci re-creates its nodes: the binder gives the owner back.
+        res = vfiokit("bind", bdf, "--driver", "vfiokit-pci")
+        assert res.returncode == 0, res.stderr
+        assert "owner and mode as before" in res.stderr
+        assert os.stat(f"/dev/vfio/{h.group_of(bdf)}").st_uid == 65534
         qemu = subprocess.run(
             ["prlimit", "--memlock=unlimited:unlimited", "setpriv", "--reuid=65534",
              "--regid=65534", "--clear-groups", "qemu-system-x86_64", "-M", "q35", "-m", "32",

@@ -17,44 +17,20 @@ import grp
 import json
 import os
 import pwd
-import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from .. import device as devmod
 from .. import iommu
 from ..errors import InvalidArgument, NotFound, PermissionDenied
 from ..sysroot import SysRoot
 from .journal import write_durably
+from .nodes import NodeOps, RealNodeOps
 
 STATE_DIR = "/run/vfiokit/assign"
 RULES_DIR = "/etc/udev/rules.d"
 SHARED_NODES = ("/dev/vfio/vfio", "/dev/iommu")
 _SHARED_RULE = "70-vfiokit-shared.rules"
-
-
-class NodeOps(Protocol):
-    """What assign does to device nodes (paths are host paths; a fake records calls)."""
-
-    def stat(self, path: str) -> tuple[int, int, int] | None: ...  # uid, gid, mode
-    def chown(self, path: str, uid: int, gid: int) -> None: ...
-    def chmod(self, path: str, mode: int) -> None: ...
-
-
-class RealNodeOps:
-    def __init__(self, sysroot: SysRoot):
-        self.sysroot = sysroot
-
-    def stat(self, path: str) -> tuple[int, int, int] | None:
-        st = self.sysroot.stat(path)
-        return None if st is None else (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-
-    def chown(self, path: str, uid: int, gid: int) -> None:
-        os.chown(self.sysroot.path(path), uid, gid)
-
-    def chmod(self, path: str, mode: int) -> None:
-        os.chmod(self.sysroot.path(path), mode)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from ..errors import Busy, NotFound, PermissionDenied, Unsupported, VfiokitError
 from ..sysroot import SysRoot
 from .inuse import HostState, Use, root_devices, uses
 from .journal import Entry, Journal
+from .nodes import NodeOps, RealNodeOps, apply_states, node_states, vfio_nodes
 
 DRIVERS = ("vfiokit-pci", "vfio-pci")
 _MODULES = {"vfiokit-pci": "vfiokit_pci", "vfio-pci": "vfio-pci"}
@@ -141,8 +142,9 @@ class Binder:
 
     def __init__(self, sysroot: SysRoot | None = None, writer: Writer | None = None,
                  journal: Journal | None = None, progress: Callable[[str], None] | None = None,
-                 timeout: float = 5.0):  # fmt: skip
+                 timeout: float = 5.0, nodes: NodeOps | None = None):  # fmt: skip
         self.sysroot = sysroot or SysRoot()
+        self.nodes = nodes or RealNodeOps(self.sysroot)
         self.writer = writer or SysfsWriter(self.sysroot)
         self.journal = journal or Journal()
         self.progress = progress or (lambda _msg: None)
@@ -205,10 +207,18 @@ class Binder:
         self.require_root("binding")
         self.ensure_driver(plan.target)
         done: list[Step] = []
+        keep: dict[str, dict[str, list[int]]] = {}  # node owners to give back after the move
         try:
             for step in plan.steps:
+                states = None
+                if iommu.is_vfio_driver(step.driver):  # e.g. vfio-pci -> vfiokit-pci
+                    group = plan.groups.get(step.address)
+                    states = node_states(self.nodes, vfio_nodes(self.sysroot, step.address,
+                                                                group)) or None  # fmt: skip
                 self.journal.record(Entry.new(step.address, step.driver, step.override,
-                                              plan.target, step.sriov_numvfs))  # fmt: skip
+                                              plan.target, step.sriov_numvfs, states))  # fmt: skip
+                if states:
+                    keep[step.address] = states
                 done.append(step)
                 self.progress(f"{step.address}: {step.driver or 'no driver'} -> {plan.target}")
                 self._probe_as(step.address, plan.target)
@@ -218,6 +228,8 @@ class Binder:
             if self.sysroot.is_host:
                 for node in self._nodes(plan):
                     self._wait(lambda n=node: self.sysroot.exists(n), node)
+            for addr, states in keep.items():
+                self._reapply_nodes(addr, plan.groups.get(addr), states)
         except BaseException:
             self.progress("failed: restoring what was changed")
             for step in reversed(done):
@@ -234,6 +246,12 @@ class Binder:
                 nodes.append(f"/dev/vfio/devices/{cdev}")
         return nodes
 
+    def _reapply_nodes(self, addr: str, group: str | None, states: dict[str, list[int]]) -> None:
+        """The kernel re-created the device's VFIO nodes as root:root 0600: give them the
+        owner and mode they had (a user `vfiokit assign` let in keeps access)."""
+        for path in apply_states(self.nodes, vfio_nodes(self.sysroot, addr, group), states):
+            self.progress(f"{addr}: {path}: owner and mode as before")
+
     def restore_one(self, addr: str) -> bool:
         """Put a journaled device back as it was; False if it has no journal entry."""
         entry = self.journal.get(addr)
@@ -249,6 +267,11 @@ class Binder:
             self._probe_as(addr, entry.driver)
         self.writer.write(f"/sys/bus/pci/devices/{addr}/driver_override",
                           entry.driver_override or "\n")  # fmt: skip
+        if entry.nodes and iommu.is_vfio_driver(entry.driver):
+            group = self.sysroot.link_name(f"/sys/bus/pci/devices/{addr}/iommu_group")
+            if self.sysroot.is_host and group is not None:
+                self._wait(lambda: self.sysroot.exists(f"/dev/vfio/{group}"), f"/dev/vfio/{group}")
+            self._reapply_nodes(addr, group, entry.nodes)
         vfs = self.sysroot.read_int(f"/sys/bus/pci/devices/{addr}/sriov_numvfs", 10)
         if entry.sriov_numvfs and entry.driver and vfs is not None and vfs != entry.sriov_numvfs:
             self.progress(f"{addr}: re-creating {entry.sriov_numvfs} VFs")

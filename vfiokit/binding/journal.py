@@ -23,11 +23,16 @@ class Entry:
     pid: int
     time: float
     sriov_numvfs: int | None = None  # VFs the native driver had: re-created on restore
+    # Owner and mode of its VFIO nodes when it was already on a VFIO driver ("group" /
+    # "cdev" -> [uid, gid, mode]): re-applied after the driver change and on restore.
+    nodes: dict[str, list[int]] | None = None
 
     @classmethod
     def new(cls, address: str, driver: str | None, override: str | None, target: str,
-            sriov_numvfs: int | None = None) -> Entry:  # fmt: skip
-        return cls(address, driver, override, target, os.getpid(), time.time(), sriov_numvfs)
+            sriov_numvfs: int | None = None,
+            nodes: dict[str, list[int]] | None = None) -> Entry:  # fmt: skip
+        return cls(address, driver, override, target, os.getpid(), time.time(), sriov_numvfs,
+                   nodes)  # fmt: skip
 
 
 def write_durably(path: Path, text: str, mode: int = 0o600) -> None:

@@ -11,22 +11,51 @@
  *
  * Devices that cannot mask INTx fall back to vfio-pci's scheme: an exclusive,
  * unlazily disabled line.
+ *
+ * The uAPI is vfio-pci's (drivers/vfio/pci/vfio_pci_intrs.c), and so are its
+ * rules: the trigger eventfd is never signalled under a lock that an unmask
+ * path takes (an unmask eventfd runs its handler inside the eventfd's wait
+ * queue, and user space may pass the trigger itself as unmask eventfd), and
+ * an old trigger is released only after synchronize_irq() and a flush of the
+ * unmask eventfd's thread. See docs/vfiokit-pci.md for every behaviour next
+ * to vfio-pci's.
  */
 
 #include <linux/eventfd.h>
 #include <linux/interrupt.h>
 #include <linux/irq.h>
 #include <linux/pci.h>
+#include <linux/preempt.h>
+#include <linux/sched.h>
 #include <linux/slab.h>
 #include <linux/vfio.h>
 
 #include "vfiokit_pci.h"
 
-static void vfiokit_intx_signal_locked(struct vfiokit_pci_device *kdev)
+/* vfiokit_intx_unmask_locked() results */
+enum {
+	VFIOKIT_UNMASKED,	/* nothing is masked any more */
+	VFIOKIT_STILL_PENDING,	/* the device still asserts: signal again */
+	VFIOKIT_DEFERRED,	/* the line is released by the virqfd thread */
+};
+
+/*
+ * Signal the trigger, as vfio_send_intx_eventfd() does: never with kdev->lock
+ * held, and not while the user has INTx disabled in the command register.
+ * Callers are the hard interrupt handler (covered by synchronize_irq() when
+ * the trigger is swapped), the unmask eventfd's thread (covered by
+ * vfio_virqfd_flush_thread()) and ioctl or config paths under intx_lock.
+ */
+static void vfiokit_intx_signal(struct vfiokit_pci_device *kdev)
 {
-	lockdep_assert_held(&kdev->lock);
-	if (kdev->trigger)
-		eventfd_signal(kdev->trigger);
+	struct eventfd_ctx *trigger;
+
+	lockdep_assert_not_held(&kdev->lock);
+	if (unlikely(READ_ONCE(kdev->core.virq_disabled)))
+		return;
+	trigger = READ_ONCE(kdev->trigger);
+	if (likely(trigger))
+		eventfd_signal(trigger);
 }
 
 static irqreturn_t vfiokit_intx_handler(int irq, void *dev_id)
@@ -35,6 +64,7 @@ static irqreturn_t vfiokit_intx_handler(int irq, void *dev_id)
 	struct pci_dev *pdev = kdev->core.pdev;
 	irqreturn_t ret = IRQ_NONE;
 	unsigned long flags;
+	bool signal = false;
 
 	spin_lock_irqsave(&kdev->lock, flags);
 	if (kdev->exclusive) {
@@ -44,6 +74,12 @@ static irqreturn_t vfiokit_intx_handler(int irq, void *dev_id)
 		kdev->line_count++;
 		ret = IRQ_HANDLED;
 	} else if (irq_try_hold_exclusive(irq, kdev)) {
+		/*
+		 * Alone on the line: every interrupt on it is taken to be
+		 * ours, without reading the device's status (the config
+		 * access line mode exists to avoid). docs/vfiokit-pci.md
+		 * says what that costs.
+		 */
 		kdev->line_held = true;
 		kdev->line_count++;
 		ret = IRQ_HANDLED;
@@ -60,72 +96,90 @@ static irqreturn_t vfiokit_intx_handler(int irq, void *dev_id)
 	}
 	if (ret == IRQ_HANDLED && !kdev->masked) {
 		kdev->masked = true;
-		vfiokit_intx_signal_locked(kdev);
+		kdev->unmask_deferred = false;
+		signal = true;
 	}
 	spin_unlock_irqrestore(&kdev->lock, flags);
+
+	if (signal)
+		vfiokit_intx_signal(kdev);
 	return ret;
 }
 
 /*
- * Undo the mask in effect. Returns true if the device still asserts: it then
- * stays masked at the device and the user must be told again.
+ * Undo the mask in effect. @may_release_line is false when the unmask
+ * eventfd fires from an interrupt handler or a kernel thread (see
+ * vfiokit_intx_from_user()): the release is then left to the virqfd thread.
  */
-static bool vfiokit_intx_unmask_locked(struct vfiokit_pci_device *kdev)
+static int vfiokit_intx_unmask_locked(struct vfiokit_pci_device *kdev,
+				      bool may_release_line)
 {
 	struct pci_dev *pdev = kdev->core.pdev;
 
 	lockdep_assert_held(&kdev->lock);
 	if (!kdev->enabled || !kdev->masked || kdev->core.virq_disabled)
-		return false;
+		return VFIOKIT_UNMASKED;
+
+	if (kdev->line_held && !may_release_line) {
+		kdev->unmask_deferred = true;
+		return VFIOKIT_DEFERRED;
+	}
+	kdev->unmask_deferred = false;
 
 	if (kdev->exclusive) {
 		if (kdev->line_held)
 			enable_irq(kdev->irq);
 		kdev->line_held = false;
 		kdev->masked = false;
-		return false;
+		return VFIOKIT_UNMASKED;
 	}
 
 	/*
-	 * Only a line our handler held can need releasing; the release fails
-	 * when the core handed the line over meanwhile, and then only the
-	 * device can be masked. Skipping it otherwise saves a desc->lock round
-	 * trip on every device-level unmask.
+	 * The release finds nothing to release when the core handed the
+	 * line over meanwhile; only the device can be masked then.
 	 */
 	if (kdev->line_held)
 		irq_release_exclusive(kdev->irq, kdev);
 	kdev->line_held = false;
 	if (kdev->dev_masked) {
 		if (!pci_check_and_unmask_intx(pdev))
-			return true;
+			return VFIOKIT_STILL_PENDING;
 		kdev->dev_masked = false;
 	}
 	kdev->masked = false;
-	return false;
+	return VFIOKIT_UNMASKED;
 }
 
+/* ACTION_UNMASK, and a user 1->0 of INTx Disable; process context. */
 void vfiokit_intx_unmask(struct vfiokit_pci_device *kdev)
 {
-	struct pci_dev *pdev = kdev->core.pdev;
 	unsigned long flags;
+	bool signal = false;
 
+	/*
+	 * With INTx off the device keeps INTx Disable set (vfio-pci lets it
+	 * follow the user's virtual bit): nothing would handle the interrupt
+	 * of a device that asserts on a shared line, and the spurious
+	 * detector would disable the line for every sharer.
+	 */
 	spin_lock_irqsave(&kdev->lock, flags);
-	if (!kdev->enabled) {
-		/* Like vfio-pci: the device's bit follows the virtual one. */
-		if (kdev->pci_2_3 && !kdev->core.virq_disabled)
-			pci_intx(pdev, 1);
-	} else if (vfiokit_intx_unmask_locked(kdev)) {
-		vfiokit_intx_signal_locked(kdev);
-	}
+	if (kdev->enabled)
+		signal = vfiokit_intx_unmask_locked(kdev, true) ==
+			 VFIOKIT_STILL_PENDING;
 	spin_unlock_irqrestore(&kdev->lock, flags);
+
+	if (signal)
+		vfiokit_intx_signal(kdev);
 }
 
+/* ACTION_MASK, and a user 0->1 of INTx Disable. */
 void vfiokit_intx_mask(struct vfiokit_pci_device *kdev)
 {
 	struct pci_dev *pdev = kdev->core.pdev;
 	unsigned long flags;
 
 	spin_lock_irqsave(&kdev->lock, flags);
+	kdev->unmask_deferred = false;	/* masked now: nothing to release */
 	if (!kdev->enabled) {
 		if (kdev->pci_2_3)
 			pci_intx(pdev, 0);
@@ -143,27 +197,50 @@ void vfiokit_intx_mask(struct vfiokit_pci_device *kdev)
 	spin_unlock_irqrestore(&kdev->lock, flags);
 }
 
-/* virqfd (KVM resamplefd): runs in the eventfd's wait queue, atomic. */
+/*
+ * Is the unmask eventfd being signalled by a user task (a write(2), or KVM's
+ * vCPU thread on a guest EOI)? Anything else is an interrupt handler (ours,
+ * hard or forced-threaded, signalling a trigger that is also the unmask
+ * eventfd) or our own re-signal: releasing the line there lets a device that
+ * still asserts fire again at once, in a loop that never gives user space
+ * the CPU back.
+ */
+static bool vfiokit_intx_from_user(void)
+{
+	return in_task() && !(current->flags & PF_KTHREAD);
+}
+
+/*
+ * The unmask eventfd (KVM's resamplefd): runs inside the eventfd's wait
+ * queue, atomic, and must not signal. Non-zero schedules the thread below.
+ */
 static int vfiokit_intx_unmask_virqfd(void *opaque, void *data)
 {
 	struct vfiokit_pci_device *kdev = opaque;
 	unsigned long flags;
-	bool again;
+	int ret;
 
 	spin_lock_irqsave(&kdev->lock, flags);
-	again = vfiokit_intx_unmask_locked(kdev);
+	ret = vfiokit_intx_unmask_locked(kdev, vfiokit_intx_from_user());
 	spin_unlock_irqrestore(&kdev->lock, flags);
-	return again;
+	return ret != VFIOKIT_UNMASKED;
 }
 
-static void vfiokit_intx_resignal_virqfd(void *opaque, void *data)
+/* The unmask eventfd's thread: a deferred release, or a re-signal. */
+static void vfiokit_intx_virqfd_thread(void *opaque, void *data)
 {
 	struct vfiokit_pci_device *kdev = opaque;
 	unsigned long flags;
+	bool signal = true;
 
 	spin_lock_irqsave(&kdev->lock, flags);
-	vfiokit_intx_signal_locked(kdev);
+	if (kdev->unmask_deferred)
+		signal = vfiokit_intx_unmask_locked(kdev, true) ==
+			 VFIOKIT_STILL_PENDING;
 	spin_unlock_irqrestore(&kdev->lock, flags);
+
+	if (signal)
+		vfiokit_intx_signal(kdev);
 }
 
 static int vfiokit_intx_enable(struct vfiokit_pci_device *kdev,
@@ -176,9 +253,13 @@ static int vfiokit_intx_enable(struct vfiokit_pci_device *kdev,
 
 	if (!pdev->irq || pdev->irq == IRQ_NOTCONNECTED)
 		return -ENODEV;
-	/* MSI or MSI-X is on through the core. */
-	if (kdev->core.irq_type != VFIO_PCI_NUM_IRQS)
-		return -EINVAL;
+	/*
+	 * vfio_pci_core's runtime PM masks only its own INTx: no INTx of
+	 * ours on a device in low-power state (entry is refused while it is
+	 * on, see vfiokit_pci_device_feature()).
+	 */
+	if (READ_ONCE(kdev->core.pm_runtime_engaged))
+		return -EBUSY;
 
 	name = kasprintf(GFP_KERNEL_ACCOUNT, "vfiokit-intx(%s)", pci_name(pdev));
 	if (!name)
@@ -190,7 +271,8 @@ static int vfiokit_intx_enable(struct vfiokit_pci_device *kdev,
 	kdev->masked = kdev->core.virq_disabled;
 	kdev->line_held = kdev->exclusive && kdev->masked;
 	kdev->dev_masked = !kdev->exclusive && kdev->masked;
-	kdev->trigger = trigger;
+	kdev->unmask_deferred = false;
+	WRITE_ONCE(kdev->trigger, trigger);
 	kdev->enabled = true;
 	if (!kdev->exclusive)
 		pci_intx(pdev, !kdev->masked);
@@ -208,9 +290,10 @@ static int vfiokit_intx_enable(struct vfiokit_pci_device *kdev,
 			irq_clear_status_flags(kdev->irq, IRQ_DISABLE_UNLAZY);
 		spin_lock_irqsave(&kdev->lock, flags);
 		kdev->enabled = false;
-		kdev->trigger = NULL;
+		WRITE_ONCE(kdev->trigger, NULL);
 		kdev->masked = false;
 		kdev->line_held = false;
+		kdev->dev_masked = false;
 		spin_unlock_irqrestore(&kdev->lock, flags);
 		kfree(name);
 		return ret;
@@ -221,6 +304,7 @@ static int vfiokit_intx_enable(struct vfiokit_pci_device *kdev,
 
 void vfiokit_intx_disable(struct vfiokit_pci_device *kdev)
 {
+	struct pci_dev *pdev = kdev->core.pdev;
 	struct eventfd_ctx *trigger;
 	unsigned long flags;
 
@@ -229,17 +313,29 @@ void vfiokit_intx_disable(struct vfiokit_pci_device *kdev)
 		return;
 
 	vfio_virqfd_disable(&kdev->unmask_virqfd);
+
 	/* Waits for a running handler; a held line is shut down with it. */
 	free_irq(kdev->irq, kdev);
 	if (kdev->exclusive)
 		irq_clear_status_flags(kdev->irq, IRQ_DISABLE_UNLAZY);
 
 	spin_lock_irqsave(&kdev->lock, flags);
+	/*
+	 * With no handler of ours left, INTx Disable stays set (see
+	 * vfiokit_intx_unmask()), for an interrupt masked at the line too: a
+	 * device that still asserts must not greet the line's next user with
+	 * an interrupt nobody handles. Enabling INTx again sets the bit from
+	 * the user's virtual one.
+	 */
+	if (!kdev->exclusive)
+		pci_intx(pdev, 0);
 	trigger = kdev->trigger;
-	kdev->trigger = NULL;
+	WRITE_ONCE(kdev->trigger, NULL);
 	kdev->enabled = false;
 	kdev->masked = false;
 	kdev->line_held = false;
+	kdev->dev_masked = false;
+	kdev->unmask_deferred = false;
 	spin_unlock_irqrestore(&kdev->lock, flags);
 
 	if (trigger)
@@ -251,7 +347,6 @@ void vfiokit_intx_disable(struct vfiokit_pci_device *kdev)
 static int vfiokit_intx_set_trigger(struct vfiokit_pci_device *kdev, int fd)
 {
 	struct eventfd_ctx *trigger = NULL, *old;
-	unsigned long flags;
 	int ret;
 
 	if (fd >= 0) {
@@ -261,30 +356,33 @@ static int vfiokit_intx_set_trigger(struct vfiokit_pci_device *kdev, int fd)
 	}
 
 	if (!kdev->enabled) {
-		if (!trigger)
-			return -EINVAL;
+		/* As vfio-pci: fd -1 enables INTx without a trigger. */
 		ret = vfiokit_intx_enable(kdev, trigger);
-		if (ret)
+		if (ret && trigger)
 			eventfd_ctx_put(trigger);
 		return ret;
 	}
 
-	/* Swap; the handler only signals under the lock. */
-	spin_lock_irqsave(&kdev->lock, flags);
+	/* As vfio_intx_set_signal(): release the old one once unused. */
 	old = kdev->trigger;
-	kdev->trigger = trigger;
-	spin_unlock_irqrestore(&kdev->lock, flags);
-	if (old)
+	WRITE_ONCE(kdev->trigger, trigger);
+	if (old) {
+		synchronize_irq(kdev->irq);
+		vfio_virqfd_flush_thread(&kdev->unmask_virqfd);
 		eventfd_ctx_put(old);
+	}
 	return 0;
 }
 
-/* VFIO_DEVICE_SET_IRQS for the INTx index; validated, under intx_lock. */
+/*
+ * VFIO_DEVICE_SET_IRQS for the INTx index, from the one copy of the user's
+ * header and data that vfiokit_pci_set_irqs() validated; under intx_lock. The
+ * checks come in vfio_pci_set_irqs_ioctl()'s order, so errors match.
+ */
 int vfiokit_intx_set_irqs(struct vfiokit_pci_device *kdev, u32 flags,
 			  unsigned int start, unsigned int count, void *data)
 {
 	u32 dtype = flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
-	unsigned long irqflags;
 	int fd;
 
 	lockdep_assert_held(&kdev->intx_lock);
@@ -303,7 +401,7 @@ int vfiokit_intx_set_irqs(struct vfiokit_pci_device *kdev, u32 flags,
 				return 0;
 			}
 			return vfio_virqfd_enable(kdev, vfiokit_intx_unmask_virqfd,
-						  vfiokit_intx_resignal_virqfd,
+						  vfiokit_intx_virqfd_thread,
 						  NULL, &kdev->unmask_virqfd, fd);
 		}
 		if (dtype == VFIO_IRQ_SET_DATA_BOOL && !*(u8 *)data)
@@ -319,21 +417,67 @@ int vfiokit_intx_set_irqs(struct vfiokit_pci_device *kdev, u32 flags,
 			vfiokit_intx_disable(kdev);
 			return 0;
 		}
-		if (start != 0 || count != 1)
+		/* MSI or MSI-X is on through the core. */
+		if (kdev->core.irq_type != VFIO_PCI_NUM_IRQS ||
+		    start != 0 || count != 1)
 			return -EINVAL;
 		if (dtype == VFIO_IRQ_SET_DATA_EVENTFD)
 			return vfiokit_intx_set_trigger(kdev, *(s32 *)data);
 		if (!kdev->enabled)
 			return -EINVAL;
 		/* Loopback, for testing. */
-		if (dtype == VFIO_IRQ_SET_DATA_NONE || *(u8 *)data) {
-			spin_lock_irqsave(&kdev->lock, irqflags);
-			vfiokit_intx_signal_locked(kdev);
-			spin_unlock_irqrestore(&kdev->lock, irqflags);
-		}
+		if (dtype == VFIO_IRQ_SET_DATA_NONE || *(u8 *)data)
+			vfiokit_intx_signal(kdev);
 		return 0;
 	}
 	return -ENOTTY;
+}
+
+/*
+ * Put INTx Disable in the device back to what the mask state says. The
+ * core's config write read-modify-writes the command register without our
+ * lock; a handler masking or an unmask eventfd unmasking in between would
+ * otherwise be undone by its stale copy of the bit (a lost mask storms, a
+ * lost unmask loses the interrupt). Instead of keeping the line disabled
+ * across the write, which would starve every sharer while the core sleeps
+ * on memory_lock, repair the bit afterwards under kdev->lock.
+ */
+static void vfiokit_intx_sync_command(struct vfiokit_pci_device *kdev)
+{
+	struct pci_dev *pdev = kdev->core.pdev;
+	unsigned long flags;
+	u16 cmd, want;
+
+	spin_lock_irqsave(&kdev->lock, flags);
+	if (kdev->enabled && !kdev->exclusive &&
+	    !pci_read_config_word(pdev, PCI_COMMAND, &cmd) && cmd != 0xffff) {
+		want = kdev->dev_masked ? PCI_COMMAND_INTX_DISABLE : 0;
+		if ((cmd & PCI_COMMAND_INTX_DISABLE) != want)
+			pci_write_config_word(pdev, PCI_COMMAND,
+					      (cmd & ~PCI_COMMAND_INTX_DISABLE) |
+					      want);
+	}
+	spin_unlock_irqrestore(&kdev->lock, flags);
+}
+
+/*
+ * After a write through the config region that reached INTx Disable, under
+ * intx_lock. vfio_pci_core emulates the bit: it has set virq_disabled to the
+ * bit written and, with our pci_2_3 cleared, done nothing else. As on
+ * vfio-pci only a change of that bit masks (0->1) or unmasks (1->0); any
+ * other write to the register leaves the interrupt as it is.
+ */
+void vfiokit_intx_command_written(struct vfiokit_pci_device *kdev,
+				  bool was_disabled)
+{
+	bool disabled = kdev->core.virq_disabled;
+
+	lockdep_assert_held(&kdev->intx_lock);
+	if (disabled && !was_disabled)
+		vfiokit_intx_mask(kdev);
+	else if (!disabled && was_disabled)
+		vfiokit_intx_unmask(kdev);
+	vfiokit_intx_sync_command(kdev);
 }
 
 void vfiokit_intx_state(struct vfiokit_pci_device *kdev,

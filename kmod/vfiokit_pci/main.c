@@ -13,6 +13,7 @@
 
 #include <linux/module.h>
 #include <linux/pci.h>
+#include <linux/pm_runtime.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 #include <linux/vfio.h>
@@ -55,8 +56,20 @@ static int vfiokit_pci_open_device(struct vfio_device *core_vdev)
 	/* From here on intx.c alone owns the device's INTx Disable bit. */
 	kdev->pci_2_3 = vdev->pci_2_3;
 	vdev->pci_2_3 = false;
+	/*
+	 * And INTx itself: the core counts INTx from its virtual pin, so with
+	 * the pin hidden from it every INTx SET_IRQS that reaches the core
+	 * (a header rewritten by another thread after we read it) fails its
+	 * validation. User space still reads the pin (vfiokit_pci_read()) and
+	 * gets INTx's info from us. vconfig is rebuilt on every open.
+	 */
+	kdev->pin = vdev->vconfig[PCI_INTERRUPT_PIN];
+	vdev->vconfig[PCI_INTERRUPT_PIN] = 0;
 	kdev->line_count = 0;
 	kdev->device_count = 0;
+	/* No handler of ours yet: keep the device quiet (vfiokit_intx_unmask()). */
+	if (kdev->pci_2_3)
+		pci_intx(vdev->pdev, 0);
 
 	vfio_pci_core_finish_enable(vdev);
 	return 0;
@@ -70,8 +83,27 @@ static void vfiokit_pci_close_device(struct vfio_device *core_vdev)
 	vfiokit_intx_disable(kdev);
 	mutex_unlock(&kdev->intx_lock);
 	vfio_pci_core_close_device(core_vdev);
+	/*
+	 * vfio_pci_core_disable() ends by restoring the config space saved at
+	 * open, with INTx Disable clear: a device without a reset method that
+	 * still asserts then storms its line until the spurious detector
+	 * disables it for every sharer (vfio-pci does exactly that). Leave it
+	 * masked instead; the next pci_enable_device() clears the bit.
+	 */
+	if (kdev->pci_2_3)
+		pci_intx(kdev->core.pdev, 0);
 }
 
+/*
+ * VFIO_DEVICE_SET_IRQS. The INTx index is decided on one copy of the user's
+ * header and data. Other indexes go to vfio_pci_core, which copies the
+ * header again: vfio_pci_set_irqs_ioctl(), which would take ours, is not
+ * exported. A thread of the caller rewriting the header in between can thus
+ * make the core enable MSI or MSI-X past our "one interrupt type at a time"
+ * check; that is detected afterwards, under the same intx_lock, and our INTx
+ * is torn down, so that the two are never on together. The core's own INTx
+ * can never be enabled that way: it sees no INTx pin.
+ */
 static int vfiokit_pci_set_irqs(struct vfiokit_pci_device *kdev,
 				struct vfio_irq_set __user *arg)
 {
@@ -88,18 +120,21 @@ static int vfiokit_pci_set_irqs(struct vfiokit_pci_device *kdev,
 		mutex_lock(&kdev->intx_lock);
 		if (kdev->enabled &&
 		    (hdr.index == VFIO_PCI_MSI_IRQ_INDEX ||
-		     hdr.index == VFIO_PCI_MSIX_IRQ_INDEX))
-			ret = -EINVAL;	/* one interrupt type at a time */
+		     hdr.index == VFIO_PCI_MSIX_IRQ_INDEX) &&
+		    (hdr.flags & VFIO_IRQ_SET_ACTION_TRIGGER))
+			ret = -EINVAL;	/* as vfio-pci: one type at a time */
 		else
 			ret = vfio_pci_core_ioctl(&kdev->core.vdev,
 						  VFIO_DEVICE_SET_IRQS,
 						  (unsigned long)arg);
+		if (kdev->enabled && kdev->core.irq_type != VFIO_PCI_NUM_IRQS)
+			vfiokit_intx_disable(kdev);
 		mutex_unlock(&kdev->intx_lock);
 		return ret;
 	}
 
 	/* As the core counts INTx: none when the pin is hidden. */
-	max = kdev->core.vconfig[PCI_INTERRUPT_PIN] ? 1 : 0;
+	max = kdev->pin ? 1 : 0;
 	ret = vfio_set_irqs_validate_and_prepare(&hdr, max, VFIO_PCI_NUM_IRQS,
 						 &data_size);
 	if (ret)
@@ -117,9 +152,31 @@ static int vfiokit_pci_set_irqs(struct vfiokit_pci_device *kdev,
 	return ret;
 }
 
+/* VFIO_DEVICE_GET_IRQ_INFO for INTx, as the core answers it (with our pin). */
+static int vfiokit_pci_get_irq_info(struct vfiokit_pci_device *kdev,
+				    struct vfio_irq_info __user *arg)
+{
+	unsigned long minsz = offsetofend(struct vfio_irq_info, count);
+	struct vfio_irq_info info;
+
+	if (copy_from_user(&info, arg, minsz))
+		return -EFAULT;
+	if (info.argsz < minsz || info.index != VFIO_PCI_INTX_IRQ_INDEX)
+		return vfio_pci_core_ioctl(&kdev->core.vdev,
+					   VFIO_DEVICE_GET_IRQ_INFO,
+					   (unsigned long)arg);
+	info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE |
+		     VFIO_IRQ_INFO_AUTOMASKED;
+	info.count = kdev->pin ? 1 : 0;
+	return copy_to_user(arg, &info, minsz) ? -EFAULT : 0;
+}
+
 static long vfiokit_pci_ioctl(struct vfio_device *core_vdev, unsigned int cmd,
 			      unsigned long arg)
 {
+	if (cmd == VFIO_DEVICE_GET_IRQ_INFO)
+		return vfiokit_pci_get_irq_info(to_kdev(core_vdev),
+						(void __user *)arg);
 	if (cmd == VFIO_DEVICE_SET_IRQS)
 		return vfiokit_pci_set_irqs(to_kdev(core_vdev),
 					    (void __user *)arg);
@@ -143,21 +200,55 @@ static int vfiokit_pci_device_feature(struct vfio_device *core_vdev, u32 flags,
 		return copy_to_user(arg, &st, sizeof(st)) ? -EFAULT : 0;
 	case VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY:
 	case VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP:
-		/* The core's runtime PM only knows how to mask its own INTx. */
-		if (READ_ONCE(kdev->enabled))
-			return -EBUSY;
-		fallthrough;
+		/*
+		 * The core's runtime PM only knows how to mask its own INTx.
+		 * Checked and entered under intx_lock, which enabling INTx
+		 * takes, so that the two cannot cross.
+		 */
+		mutex_lock(&kdev->intx_lock);
+		if (kdev->enabled)
+			ret = -EBUSY;
+		else
+			ret = vfio_pci_core_ioctl_feature(core_vdev, flags, arg,
+							  argsz);
+		mutex_unlock(&kdev->intx_lock);
+		return ret;
 	default:
 		return vfio_pci_core_ioctl_feature(core_vdev, flags, arg, argsz);
 	}
 }
 
+/* Does [pos, pos + count) cover config byte @reg? */
+static bool vfiokit_pci_covers(loff_t pos, size_t count, loff_t reg)
+{
+	return pos <= reg && pos + (loff_t)count > reg;
+}
+
+#define VFIOKIT_CMD_HI		(PCI_COMMAND + 1)	/* holds INTx Disable */
+
+/* Reads of the config region show the pin hidden from the core. */
+static ssize_t vfiokit_pci_read(struct vfio_device *core_vdev, char __user *buf,
+				size_t count, loff_t *ppos)
+{
+	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
+	unsigned int index = VFIO_PCI_OFFSET_TO_INDEX(*ppos);
+	loff_t pos = *ppos & VFIO_PCI_OFFSET_MASK;
+	ssize_t ret;
+
+	ret = vfio_pci_core_read(core_vdev, buf, count, ppos);
+	if (index == VFIO_PCI_CONFIG_REGION_INDEX && ret > 0 &&
+	    vfiokit_pci_covers(pos, ret, PCI_INTERRUPT_PIN) &&
+	    put_user(kdev->pin, buf + (PCI_INTERRUPT_PIN - pos)))
+		return -EFAULT;
+	return ret;
+}
+
 /*
  * Writes to the command register reach the core, which emulates INTx Disable
  * (virq_disabled) and read-modify-writes the other bits of the physical
- * register. Keep our handler, which may set INTx Disable, off the register
- * meanwhile, then apply the virtual bit: set masks, clear unmasks (the
- * device-level unmask of a user space driver).
+ * register. Only a change of the user's INTx Disable masks or unmasks, as on
+ * vfio-pci; see vfiokit_intx_command_written(). intx_lock
+ * keeps every write to the register and every SET_IRQS in one order.
  */
 static ssize_t vfiokit_pci_write(struct vfio_device *core_vdev,
 				 const char __user *buf, size_t count,
@@ -166,25 +257,26 @@ static ssize_t vfiokit_pci_write(struct vfio_device *core_vdev,
 	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
 	unsigned int index = VFIO_PCI_OFFSET_TO_INDEX(*ppos);
 	loff_t pos = *ppos & VFIO_PCI_OFFSET_MASK;
+	bool was_disabled;
 	ssize_t ret;
 
 	if (index != VFIO_PCI_CONFIG_REGION_INDEX ||
-	    pos > PCI_COMMAND + 1 || pos + count <= PCI_COMMAND)
+	    !(vfiokit_pci_covers(pos, count, PCI_COMMAND) ||
+	      vfiokit_pci_covers(pos, count, VFIOKIT_CMD_HI)))
 		return vfio_pci_core_write(core_vdev, buf, count, ppos);
 
+	/* The core drops its runtime PM reference before we touch the device. */
+	ret = pm_runtime_resume_and_get(&kdev->core.pdev->dev);
+	if (ret < 0)
+		return ret;
 	mutex_lock(&kdev->intx_lock);
-	if (kdev->enabled)
-		disable_irq(kdev->irq);
+	was_disabled = kdev->core.virq_disabled;
 	ret = vfio_pci_core_write(core_vdev, buf, count, ppos);
-	if (kdev->enabled)
-		enable_irq(kdev->irq);
-	if (ret > 0) {
-		if (kdev->core.virq_disabled)
-			vfiokit_intx_mask(kdev);
-		else
-			vfiokit_intx_unmask(kdev);
-	}
+	/* Even a write that failed part way may have changed the bit. */
+	if (vfiokit_pci_covers(pos, count, VFIOKIT_CMD_HI))
+		vfiokit_intx_command_written(kdev, was_disabled);
 	mutex_unlock(&kdev->intx_lock);
+	pm_runtime_put(&kdev->core.pdev->dev);
 	return ret;
 }
 
@@ -196,7 +288,7 @@ static const struct vfio_device_ops vfiokit_pci_ops = {
 	.close_device	= vfiokit_pci_close_device,
 	.ioctl		= vfiokit_pci_ioctl,
 	.device_feature	= vfiokit_pci_device_feature,
-	.read		= vfio_pci_core_read,
+	.read		= vfiokit_pci_read,
 	.write		= vfiokit_pci_write,
 	.mmap		= vfio_pci_core_mmap,
 	.request	= vfio_pci_core_request,

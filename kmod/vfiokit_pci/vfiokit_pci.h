@@ -9,16 +9,26 @@
 #include "vfiokit_pci_uapi.h"
 
 /*
- * Locking:
- *   intx_lock (mutex)   serializes INTx set-up and tear-down and every
- *                       VFIO_DEVICE_SET_IRQS against each other; taken
- *                       outside the core's igate.
+ * Locking, outermost first:
+ *   intx_lock (mutex)   serializes INTx set-up and tear-down, every
+ *                       VFIO_DEVICE_SET_IRQS, every config write that reaches
+ *                       the command register and low-power entry against
+ *                       each other; taken outside the core's igate and
+ *                       memory_lock. Writers of @trigger hold it.
+ *   eventfd wait queue  an unmask eventfd runs vfiokit_intx_unmask_virqfd()
+ *                       under its wait-queue lock, so that lock nests
+ *                       outside @lock: nothing signals an eventfd while
+ *                       holding @lock.
  *   lock (spinlock)     the INTx state below; taken in the hard interrupt
  *                       handler, the unmask paths (ioctl, config write,
  *                       virqfd) and the mask path. Nests outside desc->lock
  *                       (irq_try_hold_exclusive()/irq_release_exclusive())
- *                       and pci_lock (pci_check_and_*_intx()); genirq never
- *                       takes it.
+ *                       and pci_lock (pci_check_and_*_intx(), pci_intx()).
+ *                       genirq never takes it.
+ *   @trigger            written with WRITE_ONCE() under intx_lock, read with
+ *                       READ_ONCE() by the signallers; an old trigger is put
+ *                       only after synchronize_irq() and
+ *                       vfio_virqfd_flush_thread(), as in vfio-pci.
  */
 struct vfiokit_pci_device {
 	struct vfio_pci_core_device core;
@@ -26,19 +36,21 @@ struct vfiokit_pci_device {
 	struct mutex intx_lock;	/* see "Locking" above */
 	spinlock_t lock;		/* see "Locking" above */
 
-	/* Set once per open, under intx_lock. */
+	/* Set once per open, or under intx_lock (and lock where read by it). */
 	bool pci_2_3;		/* the device can mask INTx (saved core flag) */
+	u8 pin;			/* INTx pin as user space sees it (core: 0) */
 	bool enabled;		/* our INTx handler is requested */
 	bool exclusive;		/* no INTx masking: exclusive line */
 	unsigned int irq;
 	char *name;
 	struct virqfd *unmask_virqfd;
+	struct eventfd_ctx *trigger;
 
 	/* Under lock. */
-	struct eventfd_ctx *trigger;
 	bool masked;		/* user view: delivered, not yet unmasked */
 	bool dev_masked;	/* we set INTx Disable */
-	bool line_held;		/* exclusive mode: we disabled the line */
+	bool line_held;		/* the line is disabled for this interrupt */
+	bool unmask_deferred;	/* line release left to the virqfd thread */
 	u64 line_count;
 	u64 device_count;
 };
@@ -54,6 +66,8 @@ int vfiokit_intx_set_irqs(struct vfiokit_pci_device *kdev, u32 flags,
 void vfiokit_intx_disable(struct vfiokit_pci_device *kdev);
 void vfiokit_intx_mask(struct vfiokit_pci_device *kdev);
 void vfiokit_intx_unmask(struct vfiokit_pci_device *kdev);
+void vfiokit_intx_command_written(struct vfiokit_pci_device *kdev,
+				  bool was_disabled);
 void vfiokit_intx_state(struct vfiokit_pci_device *kdev,
 			struct vfiokit_intx_state *st);
 

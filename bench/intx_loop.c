@@ -58,7 +58,7 @@ int main(int argc, char **argv)
 		.flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK };
 	struct { struct vfio_device_feature h; uint32_t s[8]; uint64_t c[2]; } feat;
 	volatile uint32_t *regs;
-	unsigned char cmd_hi;
+	unsigned char cmd_hi, cmd_hi_set;
 	uint64_t val, rounds = 0, line = 0, device = 0;
 	double start, end, t0, *lat;
 	size_t cap = 4 << 20;
@@ -89,6 +89,7 @@ int main(int argc, char **argv)
 	if (pread(dev, &cmd_hi, 1, cfg.offset + 5) != 1)
 		die("config");
 	cmd_hi &= ~0x04;
+	cmd_hi_set = cmd_hi | 0x04;
 	efd = eventfd(0, EFD_CLOEXEC);
 	memset(&trig, 0, sizeof(trig));
 	trig.h.argsz = sizeof(trig);
@@ -113,7 +114,9 @@ int main(int argc, char **argv)
 			if (ioctl(dev, VFIO_DEVICE_FEATURE, &feat))
 				die("feature");
 			if (feat.s[3]) {	/* mask_device */
-				if (pwrite(dev, &cmd_hi, 1, cfg.offset + 5) != 1)
+				/* toggle INTx Disable: set, then clear */
+				if (pwrite(dev, &cmd_hi_set, 1, cfg.offset + 5) != 1 ||
+				    pwrite(dev, &cmd_hi, 1, cfg.offset + 5) != 1)
 					die("pwrite");
 				device++;
 			} else {

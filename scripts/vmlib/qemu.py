@@ -17,15 +17,25 @@ class Device:
     line: str  # "shared", "alone", "group" (a multi-function device) or "infra"
     options: str = ""
     function: int = 0
+    parent: str = ""  # behind this root port (a device of qemu "pcie-root-port")
+    parent_slot: int = 0  # that root port's slot
+    pci_bus: int = 0  # the bus number the guest gives the port's secondary bus
 
     @property
     def address(self) -> str:
-        return f"0000:00:{self.slot:02x}.{self.function}"
+        return f"0000:{self.pci_bus:02x}:{self.slot:02x}.{self.function}"
 
     @property
     def gsi(self) -> int:
-        """The q35 (ICH9) GSI of the device's INTA pin."""
-        return 16 if self.slot >= 25 else 20 + self.slot % 4
+        """The q35 (ICH9) GSI of the device's INTA pin.
+
+        Behind a root port, INTx is swizzled onto the port's own pin: (slot + pin) % 4 of
+        the device, which for slot 0 pin A is the port's INTA.
+        """
+        slot = self.slot
+        if self.parent:
+            slot = self.parent_slot + self.slot  # (swizzle with pin A)
+        return 16 if slot >= 25 else 20 + slot % 4
 
 
 @dataclass(frozen=True)
@@ -50,18 +60,22 @@ def load(path: Path = TOPOLOGY) -> Topology:
     with open(path, "rb") as f:
         data = tomllib.load(f)
     m = data["machine"]
+    slots = {d["name"]: int(d["slot"]) for d in data["device"]}
     devices = tuple(
         Device(
-            d["name"],
-            d["qemu"],
-            int(d["slot"]),
-            d["line"],
-            d.get("options", ""),
-            int(d.get("function", 0)),
+            name=d["name"],
+            qemu=d["qemu"],
+            slot=int(d["slot"]),
+            line=d["line"],
+            options=d.get("options", ""),
+            function=int(d.get("function", 0)),
+            parent=d.get("parent", ""),
+            parent_slot=slots[d["parent"]] if "parent" in d else 0,
+            pci_bus=int(d.get("pci_bus", 0)),
         )
         for d in data["device"]
     )
-    places = [(d.slot, d.function) for d in devices]
+    places = [(d.pci_bus, d.slot, d.function) for d in devices]
     if len(set(places)) != len(places):
         raise ValueError(f"{path}: two devices at one address")
     return Topology(m["type"], m["memory"], int(m["cpus"]), m["iommu"], devices)
@@ -92,11 +106,17 @@ def command(
         "-kernel", str(kernel),
         "-append", append,
     ]  # fmt: skip
-    multi = {d.slot for d in topo.devices if d.function}
+    multi = {(d.pci_bus, d.slot) for d in topo.devices if d.function}
+    chassis = 0
     for dev in topo.devices:
         opts = f",{dev.options}" if dev.options else ""
-        if dev.slot in multi and dev.function == 0:
+        if (dev.pci_bus, dev.slot) in multi and dev.function == 0:
             opts += ",multifunction=on"
+        if dev.qemu == "pcie-root-port":
+            chassis += 1
+            opts += f",id={dev.name},chassis={chassis}"
+        if dev.parent:
+            opts += f",bus={dev.parent}"
         if dev.qemu == "virtio-9p-pci":
             path, ro = shares[dev.name]
             fs = f"local,id=fs_{dev.name},path={path},security_model=none,multidevs=remap"

@@ -197,8 +197,14 @@ def test_intx_adaptive_follows_the_state(host: FakeSys) -> None:
         kernel.fire(dev, 0)
         assert intx.wait(1) == 1
         assert intx.unmask() == "device" and dev.unmask_ioctls == 1 and not dev.masked
-        # Only the command register's high byte, INTx Disable clear, SERR etc. kept.
-        assert dev.command_writes == [b"\x00"]
+        # A toggle of INTx Disable in the command register's high byte (set, then
+        # clear: the only config writes that unmask), the other bits read back and kept.
+        assert dev.command_writes == [b"\x04", b"\x00"]
+        # A write that leaves INTx Disable clear does not unmask (vfio-pci's rule).
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1 and dev.masked
+        vd.device.sys.pwrite(vd.device.fd, b"\x00", vd.device.config.offset + 5)
+        assert dev.masked
         assert intx.counts == {"line": 1, "device": 1, "kernel": 0}
         kernel_policy = intx
         kernel_policy.policy = "kernel"

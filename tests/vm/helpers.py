@@ -190,8 +190,30 @@ class VfioDevice:
         os.pwrite(self.fd, value.to_bytes(2, "little"), self.config_offset() + PCI_COMMAND)
 
     def unmask_by_config(self) -> None:
-        """The device-level unmask of DESIGN.md: clear INTx Disable in the command register."""
-        self.write_command(self.read_command() & ~COMMAND_INTX_DISABLE)
+        """The config-space unmask of vfio-pci: toggle INTx Disable (set, then clear).
+
+        Only a change of INTx Disable masks or unmasks; a write that leaves it clear (the
+        read-modify-write of a driver setting Bus Master) leaves the interrupt masked.
+        """
+        cmd = self.read_command() & ~COMMAND_INTX_DISABLE
+        self.write_command(cmd | COMMAND_INTX_DISABLE)
+        self.write_command(cmd)
+
+    def set_irqs(
+        self, flags: int, index: int = INTX, start: int = 0, count: int = 1, data: bytes = b""
+    ) -> int:
+        """VFIO_DEVICE_SET_IRQS; 0 or the errno (for comparing drivers)."""
+        try:
+            self.set_irqs_raw(20 + len(data), flags, index, start, count, data)
+        except OSError as exc:
+            return exc.errno or -1
+        return 0
+
+    def config_read(self, off: int, size: int) -> bytes:
+        return os.pread(self.fd, size, self.config_offset() + off)
+
+    def config_write(self, off: int, data: bytes) -> None:
+        os.pwrite(self.fd, data, self.config_offset() + off)
 
     def set_irqs_raw(
         self, argsz: int, flags: int, index: int, start: int, count: int, data: bytes = b""
@@ -226,6 +248,42 @@ class VfioDevice:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def i32(fd: int) -> bytes:
+    return struct.pack("=i", fd)
+
+
+def eventfd() -> int:
+    return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+
+
+def signalled(efds: int | list[int], timeout: float = 0.3, settle: float = 0.02) -> int:
+    """Wait up to `timeout` for the first signal on any of `efds`, let `settle` pass, and
+    return the sum of their counts (draining them)."""
+    fds = [efds] if isinstance(efds, int) else efds
+    r, _, _ = select.select(fds, [], [], timeout)
+    if not r:
+        return 0
+    time.sleep(settle)
+    total = 0
+    for fd in fds:
+        with contextlib.suppress(BlockingIOError):
+            total += int.from_bytes(os.read(fd, 8), "little")
+    return total
+
+
+def sysfs_config(bdf: str, off: int, size: int) -> int:
+    """The device's real config space (sysfs), little-endian."""
+    with open(PCI / "devices" / bdf / "config", "rb") as f:
+        f.seek(off)
+        return int.from_bytes(f.read(size), "little")
+
+
+def dmesg() -> str:
+    import subprocess
+
+    return subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
 
 
 def irq_count(irq: int) -> int:

@@ -434,11 +434,15 @@ class FakeSyscalls:
         off = offset & ((1 << REGION_SHIFT) - 1)
         if r is None or off + len(data) > r.size:
             raise self._oserror("pwrite", E.EINVAL)
+        was_disabled = bool(r.data[5] & 0x04)
         r.data[off : off + len(data)] = data
         if index == U.VFIO_PCI_CONFIG_REGION_INDEX and off <= 5 and off + len(data) > 4:
             dev.command_writes.append(bytes(data))
-            if dev.vfiokit and not (r.data[5] & 0x04):
-                dev.masked = False  # vfiokit-pci: clearing INTx Disable unmasks
+            # vfio-pci and vfiokit-pci alike: only a change of INTx Disable masks (0->1)
+            # or unmasks (1->0); any other write leaves the interrupt as it is.
+            disabled = bool(r.data[5] & 0x04)
+            if disabled != was_disabled:
+                dev.masked = disabled
         return len(data)
 
     def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> mmap.mmap:

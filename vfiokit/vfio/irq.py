@@ -3,10 +3,11 @@
 * :class:`Intx` — the legacy INTx interrupt with adaptive unmasking: after each interrupt
   the driver handles its device, then calls :meth:`Intx.unmask`, which reads the line's
   mask-device state (vfiokit-pci's device feature) and unmasks the way it says: at the
-  device (clear INTx Disable in the command register, through the config region) or at the
-  line (``VFIO_DEVICE_SET_IRQS`` ``ACTION_UNMASK``). The kernel makes either safe if the
-  state changed in between. On stock vfio-pci the mode is vfio-pci's static choice and the
-  unmask is always the ioctl.
+  device (toggle INTx Disable in the command register through the config region: set, then
+  clear, which is vfio-pci's own config-space unmask) or at the line
+  (``VFIO_DEVICE_SET_IRQS`` ``ACTION_UNMASK``). The kernel makes either safe if the state
+  changed in between. On stock vfio-pci the mode is vfio-pci's static choice and the unmask
+  is always the ioctl.
 * :class:`Vectors` — MSI or MSI-X, one eventfd per vector.
 
 The per-interrupt path does no allocation and no sysfs access: buffers are built once.
@@ -135,9 +136,7 @@ class Intx(_EventfdWaiter):
             U.VFIOKIT_DEVICE_FEATURE_INTX_STATE | U.VFIO_DEVICE_FEATURE_GET,
         ).to_bytes() + bytearray(self._state_size)
         self._mask_device_at = hdr + U.vfiokit_intx_state.mask_device.offset
-        cfg = device.config
-        self._cmd_hi_offset = cfg.offset + PCI_COMMAND_HI
-        self._cmd_hi_unmask = bytes([cfg.read(PCI_COMMAND_HI, 1) & ~INTX_DISABLE_HI & 0xFF])
+        self._cmd_hi_offset = device.config.offset + PCI_COMMAND_HI
         self.vfiokit = self._probe_vfiokit()
         self.policy = policy  # again: the adaptive path needs vfiokit known
         self.counts = {"line": 0, "device": 0, "kernel": 0}
@@ -188,7 +187,11 @@ class Intx(_EventfdWaiter):
             arg = self._state_arg
             sys.ioctl(fd, _FEATURE, arg)
             if arg[self._mask_device_at]:
-                sys.pwrite(fd, self._cmd_hi_unmask, self._cmd_hi_offset)
+                # A write of COMMAND unmasks only where the user's INTx Disable changes
+                # (vfio-pci's rule): set it, then clear it, around the byte as it is now.
+                hi = sys.pread(fd, 1, self._cmd_hi_offset)[0] & ~INTX_DISABLE_HI
+                sys.pwrite(fd, bytes([hi | INTX_DISABLE_HI]), self._cmd_hi_offset)
+                sys.pwrite(fd, bytes([hi]), self._cmd_hi_offset)
                 self.counts["device"] += 1
                 return "device"
             sys.ioctl(fd, _SET_IRQS, self._unmask_arg)

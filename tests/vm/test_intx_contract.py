@@ -520,6 +520,7 @@ def test_reset_while_command_writes_keep_a_sharer_served(topology) -> None:
     out: dict[str, Obs] = {}
     for driver in DRIVERS:
         out[driver] = reset_with_writes(dut.address, other.address, driver)
+    print("reset + COMMAND writes:", out)
     stock, ours = out["vfio-pci"], out["vfiokit-pci"]
     for o in (stock, ours):
         assert o["errors"] == [] and o["resets"] >= 10, o

@@ -8,11 +8,15 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from . import device as devmod
 from . import intx, iommu
-from .errors import ExitCode
+from .errors import ExitCode, VfiokitError
 from .sysroot import SysRoot
+
+if TYPE_CHECKING:
+    from .binding.inuse import HostState, Use
 
 MEMLOCK_WANTED = 64 << 20  # enough for a small userspace driver; a VM needs its RAM size
 
@@ -334,20 +338,47 @@ def check_intx(sysroot: SysRoot, dev: devmod.PciDevice, patched: bool) -> Check:
     )
 
 
-def check_driver(dev: devmod.PciDevice) -> Check:
+def check_driver(dev: devmod.PciDevice, in_use: list[Use] | None = None) -> Check:
+    """The current driver, and `vfiokit bind` as the remedy only where bind would take the
+    device: `in_use` is the binder's own verdict on its plan (the device and the members of
+    its group it would move); None: no plan (no IOMMU group)."""
     if iommu.is_vfio_driver(dev.driver):
         return Check("driver", "driver", Status.OK, f"bound to {dev.driver}")
-    return Check(
-        "driver",
-        "driver",
-        Status.INFO,
-        f"bound to {dev.driver}" if dev.driver else "no driver",
-        f"vfiokit bind {dev.address}",
-    )
+    bound = f"bound to {dev.driver}" if dev.driver else "no driver"
+    if in_use is None:
+        return Check("driver", "driver", Status.INFO,
+                     f"{bound}; VFIO cannot take a device without an IOMMU group",
+                     "enable the IOMMU first (see the iommu check)")  # fmt: skip
+    fatal = [u for u in in_use if u.fatal]
+    if fatal:
+        return Check("driver", "driver", Status.INFO,
+                     f"{bound}; {fatal[0].address} is in use: {fatal[0].what}: vfiokit never "
+                     "takes it (the host would lose it)")  # fmt: skip
+    if in_use:
+        what = "; ".join(f"{u.address}: {u.what}" for u in in_use)
+        return Check("driver", "driver", Status.INFO,
+                     f"{bound}; in use by the host ({what}): taking it would cut the host off it",
+                     f"only once the host no longer needs it (move the address, unmount, stop "
+                     f"the process): vfiokit bind {dev.address}")  # fmt: skip
+    return Check("driver", "driver", Status.INFO, bound, f"vfiokit bind {dev.address}")
 
 
-def run(sysroot: SysRoot, address: str | None = None) -> list[Check]:
-    """All checks; with `address` (canonical), the device checks as well."""
+def _plan_uses(sysroot: SysRoot, dev: devmod.PciDevice, host: HostState | None) -> list[Use] | None:
+    """What the binder's plan for `dev` finds in use (None: it cannot plan at all)."""
+    from .binding.binder import plan_bind
+
+    if dev.iommu_group is None:
+        return None
+    try:
+        return plan_bind(sysroot, [dev.address], host=host).uses
+    except VfiokitError:
+        return None
+
+
+def run(sysroot: SysRoot, address: str | None = None,
+        host: HostState | None = None) -> list[Check]:  # fmt: skip
+    """All checks; with `address` (canonical), the device checks as well. `host`: the
+    mounts and interfaces (tests; read with psutil when None)."""
     state = iommu.read_state(sysroot)
     patched = genirq_patched(sysroot)
     steps: list[Callable[[], Check | list[Check]]] = [
@@ -364,7 +395,7 @@ def run(sysroot: SysRoot, address: str | None = None) -> list[Check]:
         steps += [
             lambda: check_group(sysroot, dev),
             lambda: check_intx(sysroot, dev, patched),
-            lambda: check_driver(dev),
+            lambda: check_driver(dev, _plan_uses(sysroot, dev, host)),
         ]
     checks: list[Check] = []
     for step in steps:

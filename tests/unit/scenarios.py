@@ -93,3 +93,23 @@ def no_pin(fake: FakeSys) -> str:
         "0000:07:00.0", **NIC, driver=None, group="12", irq=0, pin=0, caps=[pcie_cap(), msix_cap(8)]
     )
     return "0000:07:00.0"
+
+
+VIRTIO_BLK = dict(vendor=0x1AF4, device=0x1042, class_code=0x010000)
+VIRTIO_NET = dict(vendor=0x1AF4, device=0x1041, class_code=0x020000)
+
+
+def host_devices(fake: FakeSys) -> tuple[str, str]:
+    """A QEMU guest's own devices: the root disk's controller (00:02.0, vda1 is root=) and
+    the NIC with the host's address (00:03.0, enp0s3). Each alone in its group."""
+    fake.add_iommu()
+    fake.add_vfio()
+    fake.add_pci("0000:00:02.0", **VIRTIO_BLK, driver="virtio-pci", group="4", irq=20,
+                 caps=[pcie_cap()])  # fmt: skip
+    fake.add_block("vda", "0000:00:02.0")
+    fake.write("sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda/vda1/partition", "1\n")
+    fake.link("sys/class/block/vda1", "sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda/vda1")
+    fake.add_pci("0000:00:03.0", **VIRTIO_NET, driver="virtio-pci", group="5", irq=21,
+                 caps=[pcie_cap()])  # fmt: skip
+    fake.add_net("enp0s3", "0000:00:03.0")
+    return "0000:00:02.0", "0000:00:03.0"

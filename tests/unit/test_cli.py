@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from fakesys import FakeSys
 from unit import scenarios
+from vfiokit.binding import HostState
 from vfiokit.cli import app
 from vfiokit.errors import ExitCode
 
@@ -16,6 +17,8 @@ from vfiokit.errors import ExitCode
 @pytest.fixture
 def run(fake: FakeSys, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("VFIOKIT_SYSROOT", str(fake.root))
+    # The fake host's mounts and interfaces, not this machine's (psutil).
+    monkeypatch.setattr(HostState, "read", classmethod(lambda cls: HostState({}, {})))
     runner = CliRunner()
 
     def invoke(*args: str):

@@ -43,7 +43,8 @@ def list_cmd(
     group: Annotated[str | None, typer.Option(help="IOMMU group number.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List PCI devices with their driver, IOMMU group and INTx line."""
+    """List PCI devices with their driver, IOMMU group, INTx line and what on the host uses
+    them (USED BY: what `vfiokit bind` would refuse to take without --force, or ever)."""
     sysroot = SysRoot()
     devices = devmod.read_all(sysroot)
     persisted = Persisted(sysroot).all()
@@ -55,8 +56,12 @@ def list_cmd(
         devices = [d for d in devices if (d.driver or "none") == driver]
     if group:
         devices = [d for d in devices if d.iommu_group == group]
+    from ..binding.inuse import InUse
+
+    in_use = InUse(sysroot).of_all(devices)
     if as_json:
-        typer.echo(dumps([{**d.to_dict(), "persisted": persisted.get(d.address)}
+        typer.echo(dumps([{**d.to_dict(), "persisted": persisted.get(d.address),
+                           "in_use": [u.to_dict() for u in in_use[d.address]]}
                           for d in devices]))  # fmt: skip
         return
     rows = [
@@ -69,16 +74,14 @@ def list_cmd(
             persisted.get(d.address),
             d.iommu_group,
             d.irq if d.intx_pin else None,
+            ", ".join(u.short for u in in_use[d.address]) or None,
             " ".join(x for x in (d.vendor_name, d.device_name) if x) or None,
         )
         for d in devices
     ]
-    typer.echo(
-        table(
-            ("ADDRESS", "IDS", "CLASS", "DRIVER", "OVERRIDE", "PERSIST", "GROUP", "INTX", "NAME"),
-            rows,
-        )
-    )
+    headers = ("ADDRESS", "IDS", "CLASS", "DRIVER", "OVERRIDE", "PERSIST", "GROUP", "INTX",
+               "USED BY", "NAME")  # fmt: skip
+    typer.echo(table(headers, rows))
 
 
 def _show_data(sysroot: SysRoot, dev: devmod.PciDevice) -> dict[str, object]:

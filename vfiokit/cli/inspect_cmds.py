@@ -11,26 +11,12 @@ from .. import doctor as doc
 from .. import intx, iommu
 from ..binding.persist import Persisted
 from ..sysroot import SysRoot
+from . import filters
 from .errors import handled
 from .output import dumps, keyvalues, table
 
 _YES_NO = {True: "yes", False: "no", None: "unknown"}
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-
-
-def _matches_class(dev: devmod.PciDevice, want: str) -> bool:
-    want = want.lower().removeprefix("0x")
-    if dev.class_code is None:
-        return False
-    code = f"{dev.class_code:06x}"
-    return (dev.class_name or "") == want or code.startswith(want)
-
-
-def _matches_vendor(dev: devmod.PciDevice, want: str) -> bool:
-    want = want.lower().removeprefix("0x")
-    if dev.vendor_id is not None and f"{dev.vendor_id:04x}" == want:
-        return True
-    return bool(dev.vendor_name) and want in (dev.vendor_name or "").lower()
 
 
 def list_cmd(
@@ -39,7 +25,9 @@ def list_cmd(
         typer.Option("--class", help="Class name (network, storage, ...) or hex code prefix."),
     ] = None,
     vendor: Annotated[str | None, typer.Option(help="Vendor ID (hex) or part of its name.")] = None,
-    driver: Annotated[str | None, typer.Option(help="Bound driver; 'none' for unbound.")] = None,
+    driver: Annotated[
+        str | None, typer.Option(help="Bound driver ('vfio_pci' = 'vfio-pci'); 'none' for unbound.")
+    ] = None,
     group: Annotated[str | None, typer.Option(help="IOMMU group number.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -48,14 +36,16 @@ def list_cmd(
     sysroot = SysRoot()
     devices = devmod.read_all(sysroot)
     persisted = Persisted(sysroot).all()
-    if klass:
-        devices = [d for d in devices if _matches_class(d, klass)]
-    if vendor:
-        devices = [d for d in devices if _matches_vendor(d, vendor)]
-    if driver:
-        devices = [d for d in devices if (d.driver or "none") == driver]
-    if group:
-        devices = [d for d in devices if d.iommu_group == group]
+    chosen: list[filters.Filter] = []
+    if klass is not None:
+        chosen.append(filters.class_filter(klass))
+    if vendor is not None:
+        chosen.append(filters.vendor_filter(devices, vendor))
+    if driver is not None:
+        chosen.append(filters.driver_filter(sysroot, devices, driver))
+    if group is not None:
+        chosen.append(filters.group_filter(sysroot, group))
+    devices = [d for d in devices if all(f(d) for f in chosen)]
     from ..binding.inuse import InUse
 
     in_use = InUse(sysroot).of_all(devices)

@@ -30,30 +30,52 @@ def _memlock(sysroot: SysRoot, user: str, need: int | None) -> tuple[Limit, list
 
 def assign_cmd(
     address: Annotated[str, typer.Argument(help="A device bound to vfio-pci or vfiokit-pci.")],
-    user: Annotated[str | None, typer.Option(help="The user who may open it.")] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="The user who may open it: owns its VFIO nodes; writes a udev rule."),
+    ] = None,
     group: Annotated[
-        str | None, typer.Option(help="A group whose members may open it (mode 0660).")
+        str | None,
+        typer.Option(help="A group whose members may open it (mode 0660); writes a udev rule."),
     ] = None,
     memlock: Annotated[
         str | None,
-        typer.Option(help="Memory the user will pin (a VM's RAM, e.g. 4G): warn if over limit."),
+        typer.Option(
+            help="With --user: memory the user will pin (a VM's RAM, e.g. 4G): "
+            "warn if over the user's limit."
+        ),
     ] = None,
-    qemu: Annotated[bool, typer.Option("--qemu", help="Print QEMU arguments for it.")] = False,
+    qemu: Annotated[
+        bool, typer.Option("--qemu", help="Print QEMU arguments for it (changes nothing).")
+    ] = False,
     iommufd: Annotated[
         bool, typer.Option("--iommufd", help="With --qemu: use QEMU's iommufd backend.")
     ] = False,
     libvirt: Annotated[
-        bool, typer.Option("--libvirt", help="Print a libvirt <hostdev> element for it.")
+        bool,
+        typer.Option("--libvirt", help="Print a libvirt <hostdev> element (changes nothing)."),
     ] = False,
     no_persist: Annotated[
         bool, typer.Option("--no-persist", help="Do not write the udev rule (until re-bind).")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Let a non-root user (or group) drive a VFIO device; or print how to give it to a VMM."""
+    """Let a non-root user (or group) drive a VFIO device; or print how to give it to a VMM.
+
+    --user/--group change the owner and mode of the device's VFIO nodes (recorded first;
+    `vfiokit unassign` puts them back) and write the udev rule
+    /etc/udev/rules.d/70-vfiokit-assign-BDF.rules that keeps them so (not with
+    --no-persist). --qemu and --libvirt alone change nothing: they only print what to give
+    QEMU or libvirt, and the VMM then needs root or a device assigned with --user.
+    """
     if not (user or group or qemu or libvirt):
         raise InvalidArgument(
             "nothing to do", remedy="--user NAME, --group NAME, --qemu or --libvirt"
+        )
+    if memlock is not None and not user:
+        raise InvalidArgument(
+            "--memlock checks the memlock limit of the --user: it needs --user",
+            remedy=f"vfiokit assign {address} --user NAME --memlock {memlock}",
         )
     need = None
     if memlock is not None:

@@ -132,11 +132,17 @@ def unbind_cmd(
 
 
 def restore_cmd(
-    addresses: Annotated[list[str] | None, typer.Argument(help="Devices (default: --all).")] = None,
+    addresses: Annotated[
+        list[str] | None, typer.Argument(help="Devices to restore; or none, with --all.")
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every journaled device.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Undo binds from the journal (also after a killed run); idempotent."""
+    """Undo binds from the journal (also after a killed run); idempotent.
+
+    Name the devices, or pass --all for every journaled one: without either it does nothing
+    and exits 2.
+    """
     from ..binding import Binder, Journal
     from ..errors import InvalidArgument
 

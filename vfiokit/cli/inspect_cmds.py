@@ -13,7 +13,7 @@ from ..binding.persist import Persisted
 from ..sysroot import SysRoot
 from . import filters
 from .errors import handled
-from .output import dumps, keyvalues, table
+from .output import dumps, keyvalues, table, text
 
 _YES_NO = {True: "yes", False: "no", None: "unknown"}
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
@@ -102,11 +102,20 @@ def show_cmd(
         typer.echo(dumps(data))
         return
 
-    def caps(value: object) -> str:
+    def caps(value: dict[str, object] | None) -> str:
+        """`[50] vectors=4, is_64bit=yes`: offsets in hex, as lspci prints them."""
         if value is None:
             return "unknown (config space beyond 64 bytes needs root)"
-        return "none" if value == {} else ", ".join(f"{k}={v}" for k, v in value.items())  # type: ignore[union-attr]
+        if not value:
+            return "none"
+        rest = ", ".join(
+            f"{k}={v:#x}" if k.endswith("offset") and isinstance(v, int) else f"{k}={text(v)}"
+            for k, v in value.items()
+            if k != "offset"
+        )
+        return f"[{value['offset']:02x}] {rest}"
 
+    assigned = data["assignment"]
     pairs: list[tuple[str, object]] = [
         ("address", dev.address),
         (
@@ -115,7 +124,7 @@ def show_cmd(
         ),
         ("name", " ".join(x for x in (dev.vendor_name, dev.device_name) if x) or None),
         ("class", f"{data['class_code']} {dev.class_name}"),
-        ("revision", dev.revision),
+        ("revision", None if dev.revision is None else f"{dev.revision:02x}"),
         ("driver", dev.driver or "none"),
         ("driver_override", dev.driver_override),
         ("persisted", data["persisted"]),
@@ -123,7 +132,7 @@ def show_cmd(
             "assigned to",
             " and ".join(
                 f"{k} {v}"
-                for k, v in (data["assignment"] or {}).items()
+                for k, v in (assigned if isinstance(assigned, dict) else {}).items()
                 if k in ("user", "group") and v
             )
             or None,
@@ -172,7 +181,7 @@ def show_cmd(
                     ("handlers", ", ".join(line["actions"]) or None),  # type: ignore[arg-type]
                     ("shared", line["shared"]),
                     ("interrupts", line["count"]),
-                    ("mask_device", "n/a (no genirq patch)" if md is None else int(bool(md))),
+                    ("mask_device", "n/a (no genirq patch)" if md is None else bool(md)),
                 ],
                 indent=2,
             )

@@ -93,6 +93,8 @@ class FakeSys:
         ):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self.write("proc/sys/kernel/osrelease", "6.12.117-test\n")
+        self.write("lib/modules/6.12.117-test/modules.dep", "")
+        self.write("lib/modules/6.12.117-test/modules.builtin", "")
         self.write("proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/vda1\n")
         self.write("proc/interrupts", "           CPU0       CPU1\n")
 

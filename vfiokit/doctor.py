@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from . import device as devmod
-from . import intx, iommu
+from . import intx, iommu, virt
 from .errors import ExitCode, VfiokitError
 from .sysroot import SysRoot
 
@@ -60,11 +60,14 @@ def exit_code(checks: list[Check]) -> ExitCode:
 
 
 def kernel_module(sysroot: SysRoot, name: str) -> str:
-    """'loaded', 'builtin', 'available' or 'missing' for kernel module `name`."""
+    """'loaded', 'builtin', 'available' or 'missing' for kernel module `name`; 'unknown'
+    where this kernel's /lib/modules/<release> is not there to say (a container)."""
     if sysroot.exists(f"/sys/module/{name}"):
         return "loaded"
     release = sysroot.read("/proc/sys/kernel/osrelease") or ""
     moddir = f"/lib/modules/{release}"
+    if not release or not sysroot.exists(f"{moddir}/modules.dep"):
+        return "unknown"
     builtin = sysroot.read(f"{moddir}/modules.builtin") or ""
     ko = name.replace("-", "_")
     alt = name.replace("_", "-")
@@ -76,6 +79,14 @@ def kernel_module(sysroot: SysRoot, name: str) -> str:
         if path.rsplit("/", 1)[-1].split(".ko")[0] in (ko, alt):
             return "available"
     return "missing"
+
+
+VIOMMU_REMEDY = (
+    "this is a VM ({vm}): give it a virtual IOMMU. QEMU: -machine q35,kernel-irqchip=split "
+    "-device intel-iommu,intremap=on; libvirt: <iommu model='intel'/> in <devices> (with "
+    "<driver intremap='on'/> inside it and <ioapic driver='qemu'/> in <features>); then "
+    "intel_iommu=on on this guest's kernel command line"
+)
 
 
 def check_iommu(sysroot: SysRoot, state: iommu.IommuState) -> Check:
@@ -92,13 +103,15 @@ def check_iommu(sysroot: SysRoot, state: iommu.IommuState) -> Check:
         "IOMMU",
         Status.FAIL,
         "no IOMMU groups: the IOMMU is off or absent, VFIO can only run in unsafe no-IOMMU mode",
-        "enable VT-d / AMD-Vi in the firmware and add intel_iommu=on (Intel) or amd_iommu=on "
+        VIOMMU_REMEDY.format(vm=vm)
+        if (vm := virt.hypervisor(sysroot))
+        else "enable VT-d / AMD-Vi in the firmware and add intel_iommu=on (Intel) or amd_iommu=on "
         "(AMD) to the kernel command line (/etc/default/grub GRUB_CMDLINE_LINUX, then "
         "update-grub and reboot)",
     )
 
 
-def check_irq_remapping(state: iommu.IommuState) -> Check:
+def check_irq_remapping(state: iommu.IommuState, vm: str | None = None) -> Check:
     if state.interrupt_remapping:
         return Check(
             "irq_remap", "interrupt remapping", Status.OK, "IR-* interrupt domains present"
@@ -112,7 +125,10 @@ def check_irq_remapping(state: iommu.IommuState) -> Check:
         "interrupt remapping",
         Status.WARN,
         "the IOMMU does not remap interrupts: VFIO_SET_IOMMU fails with EPERM by default",
-        "enable interrupt remapping in the firmware (with intel_iommu=on it is on where the "
+        f"this is a VM ({vm}): QEMU: -device intel-iommu,intremap=on (with "
+        "-machine kernel-irqchip=split); libvirt: <driver intremap='on'/> in its <iommu>"
+        if vm
+        else "enable interrupt remapping in the firmware (with intel_iommu=on it is on where the "
         "hardware has it); only on a trusted host: vfio_iommu_type1.allow_unsafe_interrupts=1",
     )
 
@@ -138,6 +154,12 @@ def check_modules(sysroot: SysRoot) -> list[Check]:
             st = "builtin"
         if st in ("loaded", "builtin"):
             out.append(Check(f"module_{name}", f"module {name}", Status.OK, st))
+        elif st == "unknown":
+            release = sysroot.read("/proc/sys/kernel/osrelease") or "?"
+            out.append(Check(f"module_{name}", f"module {name}", Status.INFO,
+                             f"not loaded; whether this kernel has it is unknown: "
+                             f"/lib/modules/{release} is not here (a container?)",
+                             f"on the host: modprobe {name.replace('_', '-')}"))  # fmt: skip
         elif st == "available":
             out.append(
                 Check(
@@ -197,27 +219,39 @@ def check_dev_vfio(sysroot: SysRoot) -> Check:
     )
 
 
-def check_memlock(limits: tuple[int, int] | None = None, is_root: bool | None = None) -> Check:
-    soft, _hard = limits if limits is not None else resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    root = os.geteuid() == 0 if is_root is None else is_root
+def check_memlock(limits: tuple[int, int] | None = None, ipc_lock: bool | None = None,
+                  user: str | None = None) -> Check:  # fmt: skip
+    """RLIMIT_MEMLOCK of this process. `ipc_lock`: CAP_IPC_LOCK in its effective set (from
+    /proc/self/status; root in a container may well lack it), None when not known."""
+    soft, hard = limits if limits is not None else resource.getrlimit(resource.RLIMIT_MEMLOCK)
     if soft == resource.RLIM_INFINITY:
         return Check("memlock", "RLIMIT_MEMLOCK", Status.OK, "unlimited")
     human = f"{soft >> 20} MiB" if soft >= 1 << 20 else f"{soft >> 10} KiB"
-    if root:
-        return Check(
-            "memlock", "RLIMIT_MEMLOCK", Status.OK, f"{human}; root has CAP_IPC_LOCK, not limited"
-        )
+    if ipc_lock:
+        return Check("memlock", "RLIMIT_MEMLOCK", Status.OK,
+                     f"{human}; this process has CAP_IPC_LOCK: not limited")  # fmt: skip
     if soft >= MEMLOCK_WANTED:
         return Check("memlock", "RLIMIT_MEMLOCK", Status.OK, f"{human}")
+    from .binding.memlock import Limit
+
+    who = user or _user_name()
+    nocap = " and no CAP_IPC_LOCK" if ipc_lock is False and os.geteuid() == 0 else ""
     return Check(
         "memlock",
         "RLIMIT_MEMLOCK",
         Status.WARN,
-        f"{human}: VFIO DMA mappings pin memory and fail with ENOMEM beyond this limit",
-        "raise it for this user: a line `USER - memlock unlimited` in "
-        "/etc/security/limits.d/vfiokit.conf (new login), LimitMEMLOCK=infinity in a systemd "
-        "unit, or now for one process: prlimit --memlock=unlimited --pid PID",
+        f"{human}{nocap}: VFIO DMA mappings pin memory and fail with ENOMEM beyond this limit",
+        f"raise it for {who}: " + Limit(who, soft, hard, "this process").remedy(),
     )
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def genirq_patched(sysroot: SysRoot) -> bool:
@@ -383,10 +417,10 @@ def run(sysroot: SysRoot, address: str | None = None,
     patched = genirq_patched(sysroot)
     steps: list[Callable[[], Check | list[Check]]] = [
         lambda: check_iommu(sysroot, state),
-        lambda: check_irq_remapping(state),
+        lambda: check_irq_remapping(state, virt.hypervisor(sysroot)),
         lambda: check_modules(sysroot),
         lambda: check_dev_vfio(sysroot),
-        lambda: check_memlock(),
+        lambda: check_memlock(ipc_lock=virt.has_capability(sysroot, virt.CAP_IPC_LOCK)),
         lambda: check_patch(sysroot),
         lambda: check_vfiokit_module(sysroot),
     ]

@@ -8,7 +8,7 @@ import typer
 
 from .. import device as devmod
 from .. import doctor as doc
-from .. import intx, iommu
+from .. import intx, iommu, names
 from ..binding.persist import Persisted
 from ..sysroot import SysRoot
 from . import filters
@@ -17,6 +17,12 @@ from .output import dumps, keyvalues, table, text
 
 _YES_NO = {True: "yes", False: "no", None: "unknown"}
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _names_hint(sysroot: SysRoot) -> None:
+    """Say once, on stderr (never in --json stdout), why the names are blank."""
+    if not names.available(sysroot):
+        typer.echo(names.MISSING_HINT, err=True)
 
 
 def list_cmd(
@@ -49,6 +55,7 @@ def list_cmd(
     from ..binding.inuse import InUse
 
     in_use = InUse(sysroot).of_all(devices)
+    _names_hint(sysroot)
     if as_json:
         typer.echo(dumps([{**d.to_dict(), "persisted": persisted.get(d.address),
                            "in_use": [u.to_dict() for u in in_use[d.address]]}
@@ -98,6 +105,7 @@ def show_cmd(
     sysroot = SysRoot()
     dev = devmod.read_device(sysroot, devmod.resolve(sysroot, address))
     data = _show_data(sysroot, dev)
+    _names_hint(sysroot)
     if as_json:
         typer.echo(dumps(data))
         return

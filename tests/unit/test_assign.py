@@ -192,7 +192,7 @@ def test_cli_persist_list_and_apply(fake: FakeSys, tmp_path, monkeypatch) -> Non
     res = run(app, ["bind", "02:00.0", "--driver", "vfio-pci", "--persist", "--json"])
     assert res.exit_code == 0, res.output
     assert "/etc/vfiokit/persist.d/0000:02:00.0" in json.loads(res.output)["persisted"]
-    listed = {d["address"]: d for d in json.loads(run(app, ["list", "--json"]).stdout)}
+    listed = {d["address"]: d for d in json.loads(run(app, ["list", "--json"]).stdout)["devices"]}
     assert listed["0000:02:00.0"]["persisted"] == "vfio-pci"
     assert listed["0000:02:00.0"]["driver_override"] == "vfio-pci"
     assert listed["0000:00:1b.0"]["persisted"] is None

@@ -56,7 +56,7 @@ def test_vfio_pci_spelled_either_way(fake: FakeSys, run) -> None:
     for spelling in ("vfio-pci", "vfio_pci"):
         res = run("list", "--json", "--driver", spelling)
         assert res.exit_code == 0
-        assert [d["address"] for d in json.loads(res.stdout)] == [bdf]
+        assert [d["address"] for d in json.loads(res.stdout)["devices"]] == [bdf]
     assert run("list", "--driver", "vfiokit-pci").exit_code == 0  # not loaded, still valid
 
 
@@ -64,7 +64,7 @@ def test_vendor_by_name_with_pci_ids(fake: FakeSys, run) -> None:
     scenarios.non_viable_group(fake)
     fake.write("usr/share/misc/pci.ids", "8086  Intel Corporation\n\t10d3  82574L\n")
     res = run("list", "--json", "--vendor", "intel")
-    assert res.exit_code == 0 and len(json.loads(res.stdout)) == 3
+    assert res.exit_code == 0 and len(json.loads(res.stdout)["devices"]) == 3
     bad = run("list", "--vendor", "realtek")
     assert bad.exit_code == 2 and "Intel Corporation (8086)" in bad.stderr
 

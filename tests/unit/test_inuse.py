@@ -77,7 +77,8 @@ def test_list_shows_what_uses_each_device(fake: FakeSys, monkeypatch) -> None:
     assert "USED BY" in header
     assert any(r.startswith(disk) and "root fs" in r for r in rows)
     assert any(r.startswith(nic) and "enp0s3 192.0.2.7" in r for r in rows)
-    data = {d["address"]: d for d in json.loads(CliRunner().invoke(app, ["list", "--json"]).stdout)}
+    listed = json.loads(CliRunner().invoke(app, ["list", "--json"]).stdout)["devices"]
+    data = {d["address"]: d for d in listed}
     assert data[disk]["in_use"][0]["fatal"] is True
     assert data[nic]["in_use"] == [{"address": nic, "what": "network interface enp0s3 is up "
                                     "with 192.0.2.7", "short": "enp0s3 192.0.2.7",

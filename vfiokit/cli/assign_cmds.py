@@ -13,7 +13,7 @@ from ..errors import InvalidArgument
 from ..sysroot import SysRoot
 from .errors import handled
 from .inspect_cmds import JsonOpt
-from .output import dumps
+from .output import document
 
 
 def _memlock(sysroot: SysRoot, user: str, need: int | None) -> tuple[Limit, list[str]]:
@@ -112,7 +112,7 @@ def assign_cmd(
         xml = libvirt_hostdev(address)
         out["libvirt"] = xml
         lines.append(xml.rstrip())
-    typer.echo(dumps(out) if as_json else "\n".join(lines))
+    typer.echo(document(out) if as_json else "\n".join(lines))
 
 
 def unassign_cmd(
@@ -124,7 +124,7 @@ def unassign_cmd(
 
     a = Assigner().unassign(address)
     if as_json:
-        typer.echo(dumps({"unassigned": a.to_dict() if a else None}))
+        typer.echo(document({"unassigned": a.to_dict() if a else None}))
     else:
         typer.echo(f"unassigned {a.address}" if a else "nothing to unassign")
 

@@ -9,7 +9,7 @@ import typer
 from ..sysroot import SysRoot
 from .errors import handled
 from .inspect_cmds import JsonOpt
-from .output import dumps
+from .output import document
 
 
 def _say(as_json: bool):
@@ -40,7 +40,7 @@ def bind_cmd(
     if dry_run:
         if as_json:
             files = persisted.files() if persist else []
-            typer.echo(dumps({"dry_run": True, **plan.to_dict(), "would_write": files}))
+            typer.echo(document({"dry_run": True, **plan.to_dict(), "would_write": files}))
             return
         typer.echo(f"would bind to {plan.target}:")
         for s in plan.steps:
@@ -60,7 +60,7 @@ def bind_cmd(
             written += persisted.add(addr, plan.target)
         written = sorted(set(written))
     if as_json:
-        typer.echo(dumps({"bound": done, "driver": plan.target, "persisted": written,
+        typer.echo(document({"bound": done, "driver": plan.target, "persisted": written,
                           **plan.to_dict()}))  # fmt: skip
     else:
         typer.echo(f"bound {len(done)} device(s) to {plan.target}"
@@ -97,7 +97,7 @@ def apply_persisted_cmd(
     for addr, target in sorted(wanted.items()):
         done += binder.bind(plan_bind(sysroot, [addr], target), keep_override=True)
     if as_json:
-        typer.echo(dumps({"bound": done, "persisted": wanted}))
+        typer.echo(document({"bound": done, "persisted": wanted}))
     else:
         typer.echo(f"applied {len(wanted)} persisted binding(s); bound {len(done)} device(s)")
 
@@ -125,7 +125,7 @@ def unbind_cmd(
                 forgotten.append(addr)
     done = binder.unbind(addresses, forget=forgotten)
     if as_json:
-        typer.echo(dumps({"unbound": done, "unpersisted": forgotten}))
+        typer.echo(document({"unbound": done, "unpersisted": forgotten}))
     else:
         extra = f"; no longer persisted: {', '.join(forgotten)}" if forgotten else ""
         typer.echo(f"unbound {len(done)} device(s){extra}")
@@ -155,7 +155,7 @@ def restore_cmd(
         addresses = [devmod.resolve(binder.sysroot, a) for a in addresses]
     done = binder.restore(addresses or None)
     if as_json:
-        typer.echo(dumps({"restored": done, "journal": str(Journal().dir)}))
+        typer.echo(document({"restored": done, "journal": str(Journal().dir)}))
     else:
         typer.echo(f"restored {len(done)} device(s)" + (f": {', '.join(done)}" if done else ""))
 

@@ -13,7 +13,7 @@ from ..binding.persist import Persisted
 from ..sysroot import SysRoot
 from . import filters
 from .errors import handled
-from .output import dumps, keyvalues, table, text
+from .output import document, keyvalues, table, text
 
 _YES_NO = {True: "yes", False: "no", None: "unknown"}
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
@@ -57,9 +57,10 @@ def list_cmd(
     in_use = InUse(sysroot).of_all(devices)
     _names_hint(sysroot)
     if as_json:
-        typer.echo(dumps([{**d.to_dict(), "persisted": persisted.get(d.address),
-                           "in_use": [u.to_dict() for u in in_use[d.address]]}
-                          for d in devices]))  # fmt: skip
+        typer.echo(document({"devices": [
+            {**d.to_dict(), "persisted": persisted.get(d.address),
+             "in_use": [u.to_dict() for u in in_use[d.address]]}
+            for d in devices]}))  # fmt: skip
         return
     rows = [
         (
@@ -107,7 +108,7 @@ def show_cmd(
     data = _show_data(sysroot, dev)
     _names_hint(sysroot)
     if as_json:
-        typer.echo(dumps(data))
+        typer.echo(document(data))
         return
 
     def caps(value: dict[str, object] | None) -> str:
@@ -223,9 +224,8 @@ def doctor_cmd(
     checks = doc.run(sysroot, addr)
     code = doc.exit_code(checks)
     if as_json:
-        typer.echo(
-            dumps({"device": addr, "checks": [c.to_dict() for c in checks], "exit_code": int(code)})
-        )
+        checks_json = [c.to_dict() for c in checks]
+        typer.echo(document({"device": addr, "checks": checks_json, "exit_code": int(code)}))
     else:
         for c in checks:
             typer.echo(f"[{_MARK[c.status]:>4}] {c.title}: {c.detail}")

@@ -35,5 +35,11 @@ def keyvalues(pairs: Iterable[tuple[str, object]], indent: int = 0) -> str:
     return "\n".join(f"{pad}{k.ljust(width)}  {v}" for k, v in items)
 
 
-def dumps(obj: object) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False)
+SCHEMA = 1
+"""The version of every JSON document the CLI prints (docs/json.md). Adding a field keeps
+it; renaming, removing or retyping one bumps it."""
+
+
+def document(fields: dict[str, object], indent: int | None = 2) -> str:
+    """A JSON document for stdout: always an object, `schema` first."""
+    return json.dumps({"schema": SCHEMA, **fields}, indent=indent, sort_keys=False)

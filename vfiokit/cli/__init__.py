@@ -15,14 +15,13 @@ import typer
 
 from .. import __version__
 from ..errors import InvalidArgument
-from . import assign_cmds, bind_cmds, inspect_cmds
+from . import assign_cmds, bind_cmds, complete, inspect_cmds
 from . import errors as _errors
 
 app = typer.Typer(
     name="vfiokit",
     help="PCI passthrough toolkit: list devices, check the host, bind and assign devices.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -67,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     """The `vfiokit` entry point: typer, with click's usage errors as JSON under --json."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = app(args=args, prog_name="vfiokit", standalone_mode=False)
+        command = typer.main.get_command(app)
+        complete.register_bash()  # after get_command: typer registers its own bash first
+        code = command.main(args=args, prog_name="vfiokit", standalone_mode=False)
     except _UsageError as exc:
         if not _wants_json(args):
             exc.show()  # type: ignore[attr-defined]

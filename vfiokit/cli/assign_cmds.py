@@ -11,6 +11,7 @@ from ..binding.memlock import Limit, human, parse_size, user_limit
 from ..binding.snippets import libvirt_hostdev, qemu_args
 from ..errors import InvalidArgument
 from ..sysroot import SysRoot
+from . import complete
 from .errors import handled
 from .inspect_cmds import JsonOpt
 from .output import document
@@ -29,14 +30,25 @@ def _memlock(sysroot: SysRoot, user: str, need: int | None) -> tuple[Limit, list
 
 
 def assign_cmd(
-    address: Annotated[str, typer.Argument(help="A device bound to vfio-pci or vfiokit-pci.")],
+    address: Annotated[
+        str,
+        typer.Argument(
+            autocompletion=complete.pci_addresses, help="A device bound to vfio-pci or vfiokit-pci."
+        ),
+    ],
     user: Annotated[
         str | None,
-        typer.Option(help="The user who may open it: owns its VFIO nodes; writes a udev rule."),
+        typer.Option(
+            autocompletion=complete.users,
+            help="The user who may open it: owns its VFIO nodes; writes a udev rule.",
+        ),
     ] = None,
     group: Annotated[
         str | None,
-        typer.Option(help="A group whose members may open it (mode 0660); writes a udev rule."),
+        typer.Option(
+            autocompletion=complete.groups,
+            help="A group whose members may open it (mode 0660); writes a udev rule.",
+        ),
     ] = None,
     memlock: Annotated[
         str | None,
@@ -116,7 +128,13 @@ def assign_cmd(
 
 
 def unassign_cmd(
-    address: Annotated[str, typer.Argument(help="A device given to a user by `vfiokit assign`.")],
+    address: Annotated[
+        str,
+        typer.Argument(
+            autocompletion=complete.pci_addresses,
+            help="A device given to a user by `vfiokit assign`.",
+        ),
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Give the device's VFIO nodes back their prior owner and mode; remove the udev rule."""

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ..sysroot import SysRoot
+from . import complete
 from .errors import handled
 from .inspect_cmds import JsonOpt
 from .output import document
@@ -17,7 +18,12 @@ def _say(as_json: bool):
 
 
 def bind_cmd(
-    addresses: Annotated[list[str], typer.Argument(help="PCI addresses to take for VFIO.")],
+    addresses: Annotated[
+        list[str],
+        typer.Argument(
+            autocompletion=complete.pci_addresses, help="PCI addresses to take for VFIO."
+        ),
+    ],
     driver: Annotated[
         str | None, typer.Option(help="vfiokit-pci or vfio-pci (default: vfiokit-pci if present).")
     ] = None,
@@ -71,7 +77,10 @@ def bind_cmd(
 
 def apply_persisted_cmd(
     addresses: Annotated[
-        list[str] | None, typer.Argument(help="Devices (default: every persisted one).")
+        list[str] | None,
+        typer.Argument(
+            autocompletion=complete.pci_addresses, help="Devices (default: every persisted one)."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -103,7 +112,10 @@ def apply_persisted_cmd(
 
 
 def unbind_cmd(
-    addresses: Annotated[list[str], typer.Argument(help="PCI addresses to give back.")],
+    addresses: Annotated[
+        list[str],
+        typer.Argument(autocompletion=complete.pci_addresses, help="PCI addresses to give back."),
+    ],
     persist: Annotated[
         bool, typer.Option("--persist", help="Also forget the persisted binding.")
     ] = False,
@@ -133,7 +145,10 @@ def unbind_cmd(
 
 def restore_cmd(
     addresses: Annotated[
-        list[str] | None, typer.Argument(help="Devices to restore; or none, with --all.")
+        list[str] | None,
+        typer.Argument(
+            autocompletion=complete.pci_addresses, help="Devices to restore; or none, with --all."
+        ),
     ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every journaled device.")] = False,
     as_json: JsonOpt = False,

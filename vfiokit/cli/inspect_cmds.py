@@ -11,7 +11,7 @@ from .. import doctor as doc
 from .. import intx, iommu, names
 from ..binding.persist import Persisted
 from ..sysroot import SysRoot
-from . import filters
+from . import complete, filters
 from .errors import handled
 from .output import document, keyvalues, table, text
 
@@ -99,7 +99,12 @@ def _show_data(sysroot: SysRoot, dev: devmod.PciDevice) -> dict[str, object]:
 
 
 def show_cmd(
-    address: Annotated[str, typer.Argument(help="PCI address, dddd:bb:dd.f or bb:dd.f.")],
+    address: Annotated[
+        str,
+        typer.Argument(
+            autocompletion=complete.pci_addresses, help="PCI address, dddd:bb:dd.f or bb:dd.f."
+        ),
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Everything vfiokit knows about one device."""
@@ -212,7 +217,10 @@ _MARK = {
 
 
 def doctor_cmd(
-    address: Annotated[str | None, typer.Argument(help="Also check this device.")] = None,
+    address: Annotated[
+        str | None,
+        typer.Argument(autocompletion=complete.pci_addresses, help="Also check this device."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check the host (and a device) for VFIO passthrough; each problem with its remedy.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -10,10 +10,14 @@ from .. import device as devmod
 from .. import doctor as doc
 from .. import intx, iommu, names
 from ..binding.persist import Persisted
+from ..errors import InvalidArgument
 from ..sysroot import SysRoot
 from . import complete, filters
 from .errors import handled
 from .output import document, keyvalues, table, text
+
+if TYPE_CHECKING:
+    from ..binding.inuse import Use  # imported when used: psutil costs startup time
 
 _YES_NO = {True: "yes", False: "no", None: "unknown"}
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
@@ -35,11 +39,18 @@ def list_cmd(
         str | None, typer.Option(help="Bound driver ('vfio_pci' = 'vfio-pci'); 'none' for unbound.")
     ] = None,
     group: Annotated[str | None, typer.Option(help="IOMMU group number.")] = None,
+    tree: Annotated[
+        bool,
+        typer.Option("--tree", help="The PCI hierarchy: bridges, groups, INTx lines, in use."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List PCI devices with their driver, IOMMU group, INTx line and what on the host uses
     them (USED BY: what `vfiokit bind` would refuse to take without --force, or ever)."""
     sysroot = SysRoot()
+    if tree and any(f is not None for f in (klass, vendor, driver, group)):
+        raise InvalidArgument("--tree shows every device: it takes no filters",
+                              remedy="vfiokit list --tree")  # fmt: skip
     devices = devmod.read_all(sysroot)
     persisted = Persisted(sysroot).all()
     chosen: list[filters.Filter] = []
@@ -56,6 +67,9 @@ def list_cmd(
 
     in_use = InUse(sysroot).of_all(devices)
     _names_hint(sysroot)
+    if tree:
+        _print_tree(sysroot, devices, in_use, as_json)
+        return
     if as_json:
         typer.echo(document({"devices": [
             {**d.to_dict(), "persisted": persisted.get(d.address),
@@ -80,6 +94,19 @@ def list_cmd(
     headers = ("ADDRESS", "IDS", "CLASS", "DRIVER", "OVERRIDE", "PERSIST", "GROUP", "INTX",
                "USED BY", "NAME")  # fmt: skip
     typer.echo(table(headers, rows))
+
+
+def _print_tree(sysroot: SysRoot, devices: list[devmod.PciDevice],
+                in_use: dict[str, list[Use]], as_json: bool) -> None:  # fmt: skip
+    from .. import topology
+    from .tree import Tree
+
+    roots = topology.build(sysroot, [d.address for d in devices])
+    view = Tree(devices, in_use, intx.irq_devices(sysroot))
+    if as_json:
+        typer.echo(document({"tree": [view.node_dict(r) for r in roots]}))
+    else:
+        typer.echo(view.text(roots))
 
 
 def _show_data(sysroot: SysRoot, dev: devmod.PciDevice) -> dict[str, object]:

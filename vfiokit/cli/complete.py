@@ -11,9 +11,12 @@ import inspect
 import os
 import pwd
 
-from typer._completion_classes import BashComplete, click_split_arg_string
+from typer._completion_classes import BashComplete
 
 from ..sysroot import SysRoot
+
+# click's shell_completion module: typer's vendored copy (>= 0.2x) or click's own (0.15)
+_shell_completion = inspect.getmodule(BashComplete.__mro__[1])
 
 
 def pci_addresses(incomplete: str) -> list[str]:
@@ -65,7 +68,7 @@ class ColonBashComplete(BashComplete):
     """Typer's bash completion, with PCI addresses (which contain colons) kept whole."""
 
     def get_completion_args(self) -> tuple[list[str], str]:
-        words = click_split_arg_string(os.environ["COMP_WORDS"])
+        words = _shell_completion.split_arg_string(os.environ["COMP_WORDS"])  # type: ignore[union-attr]
         words, cword = join_colon_words(words, int(os.environ["COMP_CWORD"]))
         return words[1:cword], words[cword] if cword < len(words) else ""
 
@@ -77,5 +80,4 @@ class ColonBashComplete(BashComplete):
 
 def register_bash() -> None:
     """Use ColonBashComplete for bash; after typer's own registration (get_command)."""
-    shell_completion = inspect.getmodule(BashComplete.__mro__[1])
-    shell_completion.add_completion_class(ColonBashComplete, "bash")  # type: ignore[union-attr]
+    _shell_completion.add_completion_class(ColonBashComplete, "bash")  # type: ignore[union-attr]

@@ -110,3 +110,16 @@ def test_show_completion_is_on(fake: FakeSys) -> None:
     res = subprocess.run([sys.executable, "-m", "vfiokit", "--help"], capture_output=True,
                          text=True, check=False, env=env)  # fmt: skip
     assert "--install-completion" in res.stdout and "--show-completion" in res.stdout
+
+
+def test_install_completion_writes_to_home(fake: FakeSys, tmp_path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"VFIOKIT_SYSROOT": str(fake.root), "HOME": str(home),
+           "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}  # fmt: skip
+    res = subprocess.run([sys.executable, "-m", "vfiokit", "--install-completion", "bash"],
+                         capture_output=True, text=True, check=False, env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    script = home / ".bash_completions" / "vfiokit.sh"
+    assert "_VFIOKIT_COMPLETE=complete_bash" in script.read_text()
+    assert str(script) in (home / ".bashrc").read_text()

@@ -79,6 +79,7 @@ def config_space(
 class FakeSys:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.parents: dict[str, str] = {}  # device -> the bridge it sits below
         for d in (
             "sys/bus/pci/devices",
             "sys/bus/pci/drivers",
@@ -93,6 +94,8 @@ class FakeSys:
         ):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self.write("proc/sys/kernel/osrelease", "6.12.117-test\n")
+        self.write("lib/modules/6.12.117-test/modules.dep", "")
+        self.write("lib/modules/6.12.117-test/modules.builtin", "")
         self.write("proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/vda1\n")
         self.write("proc/interrupts", "           CPU0       CPU1\n")
 
@@ -115,6 +118,8 @@ class FakeSys:
         p.symlink_to(os.path.relpath(self.root / target_rel, p.parent))
 
     def dev_dir(self, bdf: str) -> str:
+        if bdf in self.parents:
+            return f"{self.dev_dir(self.parents[bdf])}/{bdf}"
         return f"sys/devices/pci0000:00/{bdf}"
 
     # -- building blocks ---------------------------------------------------------------------
@@ -136,7 +141,10 @@ class FakeSys:
         physfn: str | None = None,
         override: str | None = None,
         reset_methods: str = "flr bus",
+        parent: str | None = None,
     ) -> str:
+        if parent is not None:
+            self.parents[bdf] = parent
         d = self.dev_dir(bdf)
         for name, value in (
             ("vendor", f"0x{vendor:04x}"),

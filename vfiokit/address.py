@@ -31,8 +31,9 @@ class PciAddress:
             ("function", self.function, 0x7),
         ):
             if not isinstance(value, int) or not 0 <= value <= top:
+                shown = f"{value:#x}" if isinstance(value, int) else repr(value)
                 raise InvalidArgument(
-                    f"PCI {name} {value!r} out of range (0..{top:#x})",
+                    f"PCI {name} {shown} out of range (0x0..{top:#x})",
                     remedy=f"give an address of the form {_FORM}",
                 )
 

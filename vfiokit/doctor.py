@@ -8,11 +8,15 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from . import device as devmod
-from . import intx, iommu
-from .errors import ExitCode
+from . import intx, iommu, virt
+from .errors import ExitCode, VfiokitError
 from .sysroot import SysRoot
+
+if TYPE_CHECKING:
+    from .binding.inuse import HostState, Use
 
 MEMLOCK_WANTED = 64 << 20  # enough for a small userspace driver; a VM needs its RAM size
 
@@ -56,11 +60,14 @@ def exit_code(checks: list[Check]) -> ExitCode:
 
 
 def kernel_module(sysroot: SysRoot, name: str) -> str:
-    """'loaded', 'builtin', 'available' or 'missing' for kernel module `name`."""
+    """'loaded', 'builtin', 'available' or 'missing' for kernel module `name`; 'unknown'
+    where this kernel's /lib/modules/<release> is not there to say (a container)."""
     if sysroot.exists(f"/sys/module/{name}"):
         return "loaded"
     release = sysroot.read("/proc/sys/kernel/osrelease") or ""
     moddir = f"/lib/modules/{release}"
+    if not release or not sysroot.exists(f"{moddir}/modules.dep"):
+        return "unknown"
     builtin = sysroot.read(f"{moddir}/modules.builtin") or ""
     ko = name.replace("-", "_")
     alt = name.replace("_", "-")
@@ -72,6 +79,14 @@ def kernel_module(sysroot: SysRoot, name: str) -> str:
         if path.rsplit("/", 1)[-1].split(".ko")[0] in (ko, alt):
             return "available"
     return "missing"
+
+
+VIOMMU_REMEDY = (
+    "this is a VM ({vm}): give it a virtual IOMMU. QEMU: -machine q35,kernel-irqchip=split "
+    "-device intel-iommu,intremap=on; libvirt: <iommu model='intel'/> in <devices> (with "
+    "<driver intremap='on'/> inside it and <ioapic driver='qemu'/> in <features>); then "
+    "intel_iommu=on on this guest's kernel command line"
+)
 
 
 def check_iommu(sysroot: SysRoot, state: iommu.IommuState) -> Check:
@@ -88,13 +103,15 @@ def check_iommu(sysroot: SysRoot, state: iommu.IommuState) -> Check:
         "IOMMU",
         Status.FAIL,
         "no IOMMU groups: the IOMMU is off or absent, VFIO can only run in unsafe no-IOMMU mode",
-        "enable VT-d / AMD-Vi in the firmware and add intel_iommu=on (Intel) or amd_iommu=on "
+        VIOMMU_REMEDY.format(vm=vm)
+        if (vm := virt.hypervisor(sysroot))
+        else "enable VT-d / AMD-Vi in the firmware and add intel_iommu=on (Intel) or amd_iommu=on "
         "(AMD) to the kernel command line (/etc/default/grub GRUB_CMDLINE_LINUX, then "
         "update-grub and reboot)",
     )
 
 
-def check_irq_remapping(state: iommu.IommuState) -> Check:
+def check_irq_remapping(state: iommu.IommuState, vm: str | None = None) -> Check:
     if state.interrupt_remapping:
         return Check(
             "irq_remap", "interrupt remapping", Status.OK, "IR-* interrupt domains present"
@@ -108,7 +125,10 @@ def check_irq_remapping(state: iommu.IommuState) -> Check:
         "interrupt remapping",
         Status.WARN,
         "the IOMMU does not remap interrupts: VFIO_SET_IOMMU fails with EPERM by default",
-        "enable interrupt remapping in the firmware (with intel_iommu=on it is on where the "
+        f"this is a VM ({vm}): QEMU: -device intel-iommu,intremap=on (with "
+        "-machine kernel-irqchip=split); libvirt: <driver intremap='on'/> in its <iommu>"
+        if vm
+        else "enable interrupt remapping in the firmware (with intel_iommu=on it is on where the "
         "hardware has it); only on a trusted host: vfio_iommu_type1.allow_unsafe_interrupts=1",
     )
 
@@ -134,6 +154,12 @@ def check_modules(sysroot: SysRoot) -> list[Check]:
             st = "builtin"
         if st in ("loaded", "builtin"):
             out.append(Check(f"module_{name}", f"module {name}", Status.OK, st))
+        elif st == "unknown":
+            release = sysroot.read("/proc/sys/kernel/osrelease") or "?"
+            out.append(Check(f"module_{name}", f"module {name}", Status.INFO,
+                             f"not loaded; whether this kernel has it is unknown: "
+                             f"/lib/modules/{release} is not here (a container?)",
+                             f"on the host: modprobe {name.replace('_', '-')}"))  # fmt: skip
         elif st == "available":
             out.append(
                 Check(
@@ -193,27 +219,39 @@ def check_dev_vfio(sysroot: SysRoot) -> Check:
     )
 
 
-def check_memlock(limits: tuple[int, int] | None = None, is_root: bool | None = None) -> Check:
-    soft, _hard = limits if limits is not None else resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    root = os.geteuid() == 0 if is_root is None else is_root
+def check_memlock(limits: tuple[int, int] | None = None, ipc_lock: bool | None = None,
+                  user: str | None = None) -> Check:  # fmt: skip
+    """RLIMIT_MEMLOCK of this process. `ipc_lock`: CAP_IPC_LOCK in its effective set (from
+    /proc/self/status; root in a container may well lack it), None when not known."""
+    soft, hard = limits if limits is not None else resource.getrlimit(resource.RLIMIT_MEMLOCK)
     if soft == resource.RLIM_INFINITY:
         return Check("memlock", "RLIMIT_MEMLOCK", Status.OK, "unlimited")
     human = f"{soft >> 20} MiB" if soft >= 1 << 20 else f"{soft >> 10} KiB"
-    if root:
-        return Check(
-            "memlock", "RLIMIT_MEMLOCK", Status.OK, f"{human}; root has CAP_IPC_LOCK, not limited"
-        )
+    if ipc_lock:
+        return Check("memlock", "RLIMIT_MEMLOCK", Status.OK,
+                     f"{human}; this process has CAP_IPC_LOCK: not limited")  # fmt: skip
     if soft >= MEMLOCK_WANTED:
         return Check("memlock", "RLIMIT_MEMLOCK", Status.OK, f"{human}")
+    from .binding.memlock import Limit
+
+    who = user or _user_name()
+    nocap = " and no CAP_IPC_LOCK" if ipc_lock is False and os.geteuid() == 0 else ""
     return Check(
         "memlock",
         "RLIMIT_MEMLOCK",
         Status.WARN,
-        f"{human}: VFIO DMA mappings pin memory and fail with ENOMEM beyond this limit",
-        "raise it for this user: a line `USER - memlock unlimited` in "
-        "/etc/security/limits.d/vfiokit.conf (new login), LimitMEMLOCK=infinity in a systemd "
-        "unit, or now for one process: prlimit --memlock=unlimited --pid PID",
+        f"{human}{nocap}: VFIO DMA mappings pin memory and fail with ENOMEM beyond this limit",
+        f"raise it for {who}: " + Limit(who, soft, hard, "this process").remedy(),
     )
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def genirq_patched(sysroot: SysRoot) -> bool:
@@ -334,28 +372,55 @@ def check_intx(sysroot: SysRoot, dev: devmod.PciDevice, patched: bool) -> Check:
     )
 
 
-def check_driver(dev: devmod.PciDevice) -> Check:
+def check_driver(dev: devmod.PciDevice, in_use: list[Use] | None = None) -> Check:
+    """The current driver, and `vfiokit bind` as the remedy only where bind would take the
+    device: `in_use` is the binder's own verdict on its plan (the device and the members of
+    its group it would move); None: no plan (no IOMMU group)."""
     if iommu.is_vfio_driver(dev.driver):
         return Check("driver", "driver", Status.OK, f"bound to {dev.driver}")
-    return Check(
-        "driver",
-        "driver",
-        Status.INFO,
-        f"bound to {dev.driver}" if dev.driver else "no driver",
-        f"vfiokit bind {dev.address}",
-    )
+    bound = f"bound to {dev.driver}" if dev.driver else "no driver"
+    if in_use is None:
+        return Check("driver", "driver", Status.INFO,
+                     f"{bound}; VFIO cannot take a device without an IOMMU group",
+                     "enable the IOMMU first (see the iommu check)")  # fmt: skip
+    fatal = [u for u in in_use if u.fatal]
+    if fatal:
+        return Check("driver", "driver", Status.INFO,
+                     f"{bound}; {fatal[0].address} is in use: {fatal[0].what}: vfiokit never "
+                     "takes it (the host would lose it)")  # fmt: skip
+    if in_use:
+        what = "; ".join(f"{u.address}: {u.what}" for u in in_use)
+        return Check("driver", "driver", Status.INFO,
+                     f"{bound}; in use by the host ({what}): taking it would cut the host off it",
+                     f"only once the host no longer needs it (move the address, unmount, stop "
+                     f"the process): vfiokit bind {dev.address}")  # fmt: skip
+    return Check("driver", "driver", Status.INFO, bound, f"vfiokit bind {dev.address}")
 
 
-def run(sysroot: SysRoot, address: str | None = None) -> list[Check]:
-    """All checks; with `address` (canonical), the device checks as well."""
+def _plan_uses(sysroot: SysRoot, dev: devmod.PciDevice, host: HostState | None) -> list[Use] | None:
+    """What the binder's plan for `dev` finds in use (None: it cannot plan at all)."""
+    from .binding.binder import plan_bind
+
+    if dev.iommu_group is None:
+        return None
+    try:
+        return plan_bind(sysroot, [dev.address], host=host).uses
+    except VfiokitError:
+        return None
+
+
+def run(sysroot: SysRoot, address: str | None = None,
+        host: HostState | None = None) -> list[Check]:  # fmt: skip
+    """All checks; with `address` (canonical), the device checks as well. `host`: the
+    mounts and interfaces (tests; read with psutil when None)."""
     state = iommu.read_state(sysroot)
     patched = genirq_patched(sysroot)
     steps: list[Callable[[], Check | list[Check]]] = [
         lambda: check_iommu(sysroot, state),
-        lambda: check_irq_remapping(state),
+        lambda: check_irq_remapping(state, virt.hypervisor(sysroot)),
         lambda: check_modules(sysroot),
         lambda: check_dev_vfio(sysroot),
-        lambda: check_memlock(),
+        lambda: check_memlock(ipc_lock=virt.has_capability(sysroot, virt.CAP_IPC_LOCK)),
         lambda: check_patch(sysroot),
         lambda: check_vfiokit_module(sysroot),
     ]
@@ -364,7 +429,7 @@ def run(sysroot: SysRoot, address: str | None = None) -> list[Check]:
         steps += [
             lambda: check_group(sysroot, dev),
             lambda: check_intx(sysroot, dev, patched),
-            lambda: check_driver(dev),
+            lambda: check_driver(dev, _plan_uses(sysroot, dev, host)),
         ]
     checks: list[Check] = []
     for step in steps:

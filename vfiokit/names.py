@@ -12,6 +12,22 @@ from functools import lru_cache
 from .sysroot import SysRoot
 
 PCI_IDS_PATHS = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids")
+HWDB_PATHS = ("/etc/udev/hwdb.bin", "/usr/lib/udev/hwdb.bin", "/lib/udev/hwdb.bin")
+MISSING_HINT = (
+    "hint: no pci.ids and no udev hwdb here, so device names are blank; "
+    "install them with: apt install pci.ids"
+)
+
+
+def available(sysroot: SysRoot) -> bool:
+    """Whether any source of names is there: a pci.ids file, or udev with its hwdb."""
+    if any(sysroot.exists(p) for p in PCI_IDS_PATHS):
+        return True
+    return (
+        sysroot.is_host
+        and sysroot.exists("/run/udev/data")
+        and any(sysroot.exists(p) for p in HWDB_PATHS)
+    )
 
 
 @lru_cache(maxsize=4)
@@ -32,7 +48,7 @@ def _vendor_index(text: str) -> dict[int, tuple[str, int, int]]:
     found = [
         (int(m.group(1), 16), m.group(2).strip(), m.end()) for m in _VENDOR_LINE.finditer(text)
     ]
-    out = {}
+    out: dict[int, tuple[str, int, int]] = {}
     for i, (vendor, name, start) in enumerate(found):
         end = found[i + 1][2] if i + 1 < len(found) else len(text)
         out.setdefault(vendor, (name, start, end))

@@ -8,6 +8,7 @@ NIC = dict(vendor=0x8086, device=0x10D3, class_code=0x020000)
 AUDIO = dict(vendor=0x8086, device=0x293E, class_code=0x040300)
 BRIDGE = dict(vendor=0x8086, device=0x2448, class_code=0x060400)
 RTL8169 = dict(vendor=0x10EC, device=0x8169, class_code=0x020000)  # broken INTx masking
+SATA = dict(vendor=0x8086, device=0x2922, class_code=0x010601)
 EDU = dict(vendor=0x1234, device=0x11E8, class_code=0x00FF00)
 
 
@@ -93,3 +94,48 @@ def no_pin(fake: FakeSys) -> str:
         "0000:07:00.0", **NIC, driver=None, group="12", irq=0, pin=0, caps=[pcie_cap(), msix_cap(8)]
     )
     return "0000:07:00.0"
+
+
+VIRTIO_BLK = dict(vendor=0x1AF4, device=0x1042, class_code=0x010000)
+VIRTIO_NET = dict(vendor=0x1AF4, device=0x1041, class_code=0x020000)
+
+
+def host_devices(fake: FakeSys) -> tuple[str, str]:
+    """A QEMU guest's own devices: the root disk's controller (00:02.0, vda1 is root=) and
+    the NIC with the host's address (00:03.0, enp0s3). Each alone in its group."""
+    fake.add_iommu()
+    fake.add_vfio()
+    fake.add_pci("0000:00:02.0", **VIRTIO_BLK, driver="virtio-pci", group="4", irq=20,
+                 caps=[pcie_cap()])  # fmt: skip
+    fake.add_block("vda", "0000:00:02.0")
+    fake.write("sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda/vda1/partition", "1\n")
+    fake.link("sys/class/block/vda1", "sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda/vda1")
+    fake.add_pci("0000:00:03.0", **VIRTIO_NET, driver="virtio-pci", group="5", irq=21,
+                 caps=[pcie_cap()])  # fmt: skip
+    fake.add_net("enp0s3", "0000:00:03.0")
+    return "0000:00:02.0", "0000:00:03.0"
+
+
+def behind_bridges(fake: FakeSys) -> dict[str, str]:
+    """Root port 00:1c.0 (group 2) with a NIC at 02:00.0 (group 2, IRQ 18, up as enp2s0)
+    below it; a second root port 00:1d.0 (group 3) with a PCIe switch 04:00.0 below, and
+    an RTL8169 at 05:00.0 (group 4) below that, sharing IRQ 18 with the NIC; the root
+    disk's controller 00:1f.2 (group 5) on the root bus."""
+    fake.add_iommu()
+    fake.add_vfio()
+    fake.add_pci("0000:00:1c.0", **BRIDGE, driver="pcieport", group="2", irq=None, pin=0)
+    fake.add_pci("0000:02:00.0", **NIC, driver="e1000e", group="2", irq=18,
+                 parent="0000:00:1c.0")  # fmt: skip
+    fake.add_pci("0000:00:1d.0", **BRIDGE, driver="pcieport", group="3", irq=None, pin=0)
+    fake.add_pci("0000:04:00.0", **BRIDGE, driver="pcieport", group="3", irq=None, pin=0,
+                 parent="0000:00:1d.0")  # fmt: skip
+    fake.add_pci("0000:05:00.0", **RTL8169, driver="r8169", group="4", irq=18,
+                 parent="0000:04:00.0")  # fmt: skip
+    fake.add_pci("0000:00:1f.2", **SATA, driver="ahci", group="5", irq=None, pin=0)
+    fake.add_net("enp2s0", "0000:02:00.0")
+    fake.add_block("vda", "0000:00:1f.2")  # vda1 is root= (the fake's /proc/cmdline)
+    part = f"{fake.dev_dir('0000:00:1f.2')}/virtio1/block/vda/vda1"
+    fake.write(f"{part}/partition", "1\n")
+    fake.link("sys/class/block/vda1", part)
+    return {"port": "0000:00:1c.0", "nic": "0000:02:00.0", "switch": "0000:04:00.0",
+            "rtl": "0000:05:00.0", "sata": "0000:00:1f.2"}  # fmt: skip

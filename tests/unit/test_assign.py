@@ -192,11 +192,11 @@ def test_cli_persist_list_and_apply(fake: FakeSys, tmp_path, monkeypatch) -> Non
     res = run(app, ["bind", "02:00.0", "--driver", "vfio-pci", "--persist", "--json"])
     assert res.exit_code == 0, res.output
     assert "/etc/vfiokit/persist.d/0000:02:00.0" in json.loads(res.output)["persisted"]
-    listed = {d["address"]: d for d in json.loads(run(app, ["list", "--json"]).output)}
+    listed = {d["address"]: d for d in json.loads(run(app, ["list", "--json"]).stdout)["devices"]}
     assert listed["0000:02:00.0"]["persisted"] == "vfio-pci"
     assert listed["0000:02:00.0"]["driver_override"] == "vfio-pci"
     assert listed["0000:00:1b.0"]["persisted"] is None
-    shown = json.loads(run(app, ["show", "02:00.0", "--json"]).output)
+    shown = json.loads(run(app, ["show", "02:00.0", "--json"]).stdout)
     assert shown["persisted"] == "vfio-pci" and shown["assignment"] is None
     # "Reboot": the journal is gone and the native driver probed first.
     for p in (tmp_path / "journal").iterdir():

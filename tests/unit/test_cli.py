@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from fakesys import FakeSys
 from unit import scenarios
+from vfiokit.binding import HostState
 from vfiokit.cli import app
 from vfiokit.errors import ExitCode
 
@@ -16,6 +17,8 @@ from vfiokit.errors import ExitCode
 @pytest.fixture
 def run(fake: FakeSys, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("VFIOKIT_SYSROOT", str(fake.root))
+    # The fake host's mounts and interfaces, not this machine's (psutil).
+    monkeypatch.setattr(HostState, "read", classmethod(lambda cls: HostState({}, {})))
     runner = CliRunner()
 
     def invoke(*args: str):
@@ -31,7 +34,7 @@ def test_list_table_and_json(fake: FakeSys, run) -> None:
     lines = res.stdout.splitlines()
     assert lines[0].split()[:4] == ["ADDRESS", "IDS", "CLASS", "DRIVER"]
     assert any(line.startswith("0000:00:1b.0") and "snd_hda_intel" in line for line in lines)
-    data = json.loads(run("list", "--json").stdout)
+    data = json.loads(run("list", "--json").stdout)["devices"]
     assert {d["address"] for d in data} == {"0000:00:1c.0", "0000:00:1b.0", "0000:02:00.0"}
 
 
@@ -50,7 +53,7 @@ def test_list_filters(fake: FakeSys, run, args: list[str], expected: set[str]) -
     scenarios.non_viable_group(fake)
     res = run("list", "--json", *args)
     assert res.exit_code == 0
-    assert {d["address"] for d in json.loads(res.stdout)} == expected
+    assert {d["address"] for d in json.loads(res.stdout)["devices"]} == expected
 
 
 def test_show(fake: FakeSys, run) -> None:

@@ -26,7 +26,7 @@ def vfiokit(*args: str) -> subprocess.CompletedProcess[str]:
 def test_list_agrees_with_sysfs() -> None:
     res = vfiokit("list", "--json")
     assert res.returncode == 0, res.stderr
-    listed = {d["address"]: d["driver"] for d in json.loads(res.stdout)}
+    listed = {d["address"]: d["driver"] for d in json.loads(res.stdout)["devices"]}
     truth = {
         p.name: (os.path.basename(os.readlink(p / "driver")) if (p / "driver").exists() else None)
         for p in PCI.iterdir()

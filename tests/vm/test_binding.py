@@ -227,7 +227,7 @@ def test_persist_then_apply_after_a_simulated_reboot(topology) -> None:
     try:
         assert Path(f"/etc/vfiokit/persist.d/{bdf}").read_text() == "vfiokit-pci\n"
         assert Path("/etc/systemd/system/vfiokit-persist@.service").exists()
-        listed = {d["address"]: d for d in json.loads(vfiokit("list", "--json").stdout)}
+        listed = {d["address"]: d for d in json.loads(vfiokit("list", "--json").stdout)["devices"]}
         assert listed[bdf]["persisted"] == "vfiokit-pci"
         # A reboot: the journal and the binding are gone, the override the udev rule sets
         # is back; the unit then runs apply-persisted.

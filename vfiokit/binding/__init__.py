@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 _WHERE = {
     "DRIVERS": "binder", "Binder": "binder", "Plan": "binder", "Step": "binder",
     "SysfsWriter": "binder", "default_driver": "binder", "plan_bind": "binder",
-    "HostState": "inuse", "Use": "inuse", "root_devices": "inuse", "uses": "inuse",
+    "HostState": "inuse", "InUse": "inuse", "Use": "inuse", "root_devices": "inuse",
+    "uses": "inuse",
     "Entry": "journal", "Journal": "journal",
 }  # fmt: skip
 
 if TYPE_CHECKING:
     from .binder import DRIVERS, Binder, Plan, Step, SysfsWriter, default_driver, plan_bind
-    from .inuse import HostState, Use, root_devices, uses
+    from .inuse import HostState, InUse, Use, root_devices, uses
     from .journal import Entry, Journal
 
 
@@ -30,6 +31,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "DRIVERS", "Binder", "Entry", "HostState", "Journal", "Plan", "Step", "SysfsWriter", "Use",
-    "default_driver", "plan_bind", "root_devices", "uses",
+    "DRIVERS", "Binder", "Entry", "HostState", "InUse", "Journal", "Plan", "Step", "SysfsWriter",
+    "Use", "default_driver", "plan_bind", "root_devices", "uses",
 ]  # fmt: skip

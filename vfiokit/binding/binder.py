@@ -22,7 +22,7 @@ from .. import iommu
 from ..doctor import kernel_module
 from ..errors import Busy, NotFound, PermissionDenied, Unsupported, VfiokitError
 from ..sysroot import SysRoot
-from .inuse import HostState, Use, root_devices, uses
+from .inuse import HostState, InUse, Use
 from .journal import Entry, Journal
 from .nodes import NodeOps, RealNodeOps, apply_states, node_states, vfio_nodes
 
@@ -80,7 +80,7 @@ class Plan:
             "requested": self.requested,
             "steps": [s.__dict__ for s in self.steps],
             "skipped": [{"address": a, "why": w} for a, w in self.skipped],
-            "in_use": [u.__dict__ for u in self.uses],
+            "in_use": [u.to_dict() for u in self.uses],
         }
 
 
@@ -99,8 +99,7 @@ def plan_bind(sysroot: SysRoot, addresses: list[str], driver: str | None = None,
     if target not in DRIVERS:
         raise Unsupported(f"unknown driver {target!r}", remedy=f"one of {', '.join(DRIVERS)}")
     wanted = [devmod.resolve(sysroot, a) for a in addresses]
-    host = host or HostState.read()
-    root_pcis = root_devices(sysroot, host)
+    inuse = InUse(sysroot, host)
     plan = Plan(target, wanted)
     seen: set[str] = set()
     for addr in wanted:
@@ -131,7 +130,7 @@ def plan_bind(sysroot: SysRoot, addresses: list[str], driver: str | None = None,
                 plan.skipped.append((m.address, "no driver: does not block the group"))
                 continue
             member = dev if m.address == addr else devmod.read_device(sysroot, m.address)
-            plan.uses.extend(uses(sysroot, member, host, root_pcis))
+            plan.uses.extend(inuse.of(member))
             plan.steps.append(Step(m.address, m.driver, member.driver_override, why,
                                    member.sriov_numvfs or None))  # fmt: skip
     return plan

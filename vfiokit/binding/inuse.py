@@ -1,6 +1,9 @@
 """Is a device in use by the host? Network interfaces that are up with addresses, block
-devices that are mounted, held (dm, md) or used as swap, and the device that holds the
-root file system (which vfiokit never takes, --force or not)."""
+devices that are mounted, held (dm, md) or used as swap, processes holding its nodes open,
+and the device that holds the root file system (which vfiokit never takes, --force or not).
+
+This is the one verdict on "in use": `bind` refuses on it, `list` shows it (USED BY) and
+`doctor` never proposes a bind it would refuse. :class:`InUse` reads the host once."""
 
 from __future__ import annotations
 
@@ -20,6 +23,11 @@ class Use:
     address: str
     what: str
     fatal: bool = False  # the root file system: refused even with --force
+    short: str = ""  # a few words for a table column: "root fs", "enp3s0 192.0.2.7"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"address": self.address, "what": self.what, "short": self.short or self.what,
+                "fatal": self.fatal}  # fmt: skip
 
 
 @dataclass
@@ -115,37 +123,47 @@ def device_nodes(sysroot: SysRoot, dev: PciDevice) -> set[str]:
 
 
 def node_holders(sysroot: SysRoot, nodes: set[str]) -> list[tuple[int, str, str]]:
-    """(pid, command, node) for every other process with one of `nodes` open."""
+    """(pid, command, node) for every other process with one of `nodes` open: one pass
+    over /proc/*/fd, however many devices the nodes belong to."""
     if not nodes:
         return []
     out = []
     for pid in sysroot.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
+        seen: set[str] = set()
         for fd in sysroot.listdir(f"/proc/{pid}/fd"):
             try:
                 target = os.readlink(sysroot.path(f"/proc/{pid}/fd/{fd}"))
             except OSError:
                 continue
-            if target in nodes:
+            if target in nodes and target not in seen:
+                seen.add(target)
                 out.append((int(pid), sysroot.read(f"/proc/{pid}/comm") or "?", target))
-                break
     return out
 
 
-def uses(sysroot: SysRoot, dev: PciDevice, host: HostState, root_pcis: set[str]) -> list[Use]:
+def uses(sysroot: SysRoot, dev: PciDevice, host: HostState, root_pcis: set[str],
+         holders: list[tuple[int, str, str]] | None = None) -> list[Use]:  # fmt: skip
+    """Why `dev` is in use (empty: it is not). `holders`: node_holders() of many devices'
+    nodes at once (InUse.of_all), else this device's are looked up."""
     out: list[Use] = []
-    for pid, comm, node in node_holders(sysroot, device_nodes(sysroot, dev)):
-        out.append(Use(dev.address, f"{node} is open in process {pid} ({comm})"))
+    nodes = device_nodes(sysroot, dev)
+    found = node_holders(sysroot, nodes) if holders is None else holders
+    for pid, comm, node in (h for h in found if h[2] in nodes):
+        out.append(Use(dev.address, f"{node} is open in process {pid} ({comm})",
+                       short=f"pid {pid} ({comm})"))  # fmt: skip
     if dev.address in root_pcis:
-        out.append(Use(dev.address, "it holds the root file system", fatal=True))
+        out.append(Use(dev.address, "it holds the root file system", fatal=True, short="root fs"))
     for tag, pci in _ninep_tags(sysroot).items():
         if pci == dev.address and tag in host.mounts:
-            out.append(Use(dev.address, f"9p share {tag} is mounted on {host.mounts[tag]}"))
+            out.append(Use(dev.address, f"9p share {tag} is mounted on {host.mounts[tag]}",
+                           short=f"9p {host.mounts[tag]}"))  # fmt: skip
     for iface in dev.net_interfaces:
         up, ips = host.net.get(iface, (False, []))
         if up and ips:
-            out.append(Use(dev.address, f"network interface {iface} is up with {ips[0]}"))
+            out.append(Use(dev.address, f"network interface {iface} is up with {ips[0]}",
+                           short=f"{iface} {ips[0]}"))  # fmt: skip
     mounted = {Path(d).name: m for d, m in host.mounts.items() if d.startswith("/dev/")}
     swaps = (sysroot.read("/proc/swaps") or "").splitlines()[1:]
     swap_devs = {Path(line.split()[0]).name for line in swaps if line.split()}
@@ -153,10 +171,32 @@ def uses(sysroot: SysRoot, dev: PciDevice, host: HostState, root_pcis: set[str])
         names = [blk] + [n for n in sysroot.listdir(f"/sys/class/block/{blk}") if n.startswith(blk)]
         for name in names:
             if name in mounted:
-                out.append(Use(dev.address, f"block device {name} is mounted on {mounted[name]}"))
+                out.append(Use(dev.address, f"block device {name} is mounted on {mounted[name]}",
+                               short=f"{name} on {mounted[name]}"))  # fmt: skip
             if name in swap_devs:
-                out.append(Use(dev.address, f"block device {name} is used as swap"))
+                out.append(Use(dev.address, f"block device {name} is used as swap",
+                               short=f"{name} swap"))  # fmt: skip
             held = sysroot.listdir(f"/sys/class/block/{name}/holders")
             if held:
-                out.append(Use(dev.address, f"block device {name} is held by {', '.join(held)}"))
+                out.append(Use(dev.address, f"block device {name} is held by {', '.join(held)}",
+                               short=f"{name} held by {', '.join(held)}"))  # fmt: skip
     return out
+
+
+class InUse:
+    """The host read once (mounts, interfaces, the root file system's devices); then the
+    in-use verdict of any device, or of many with one pass over /proc."""
+
+    def __init__(self, sysroot: SysRoot, host: HostState | None = None):
+        self.sysroot = sysroot
+        self.host = host if host is not None else HostState.read()
+        self.root_pcis = root_devices(sysroot, self.host)
+
+    def of(self, dev: PciDevice) -> list[Use]:
+        return uses(self.sysroot, dev, self.host, self.root_pcis)
+
+    def of_all(self, devices: list[PciDevice]) -> dict[str, list[Use]]:
+        nodes = set().union(*(device_nodes(self.sysroot, d) for d in devices)) if devices else set()
+        holders = node_holders(self.sysroot, nodes)
+        return {d.address: uses(self.sysroot, d, self.host, self.root_pcis, holders)
+                for d in devices}  # fmt: skip

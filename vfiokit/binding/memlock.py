@@ -41,6 +41,11 @@ def human(n: int) -> str:
     return f"{n} bytes"
 
 
+def limits_file(user: str) -> str:
+    """The pam_limits file vfiokit's remedies name for `user` (assign and doctor alike)."""
+    return f"/etc/security/limits.d/90-vfiokit-{user}.conf"
+
+
 @dataclass(frozen=True)
 class Limit:
     user: str
@@ -54,7 +59,7 @@ class Limit:
     def remedy(self) -> str:
         return (
             f"for login sessions: echo '{self.user} - memlock unlimited' > "
-            f"/etc/security/limits.d/90-vfiokit-{self.user}.conf; for a systemd service: "
+            f"{limits_file(self.user)}; for a systemd service: "
             "LimitMEMLOCK=infinity in its [Service] section; for a running process: "
             "prlimit --pid PID --memlock=unlimited:unlimited"
         )

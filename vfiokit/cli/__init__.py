@@ -2,35 +2,85 @@
 
 Errors are VfiokitError: one line `error: ...` (plus `remedy: ...`) on stderr, or a JSON
 object on stdout with --json; the exit code is the error's (docs/cli.md). --debug shows the
-traceback. Usage errors are typer's own (exit code 2).
+traceback. Usage errors that click finds (an unknown option, a missing argument) are exit
+code 2 as well, and JSON too when --json is on the command line (main()).
 """
 
 from __future__ import annotations
 
+import sys
+from typing import Annotated
+
 import typer
 
-from . import assign_cmds, bind_cmds, inspect_cmds
+from .. import __version__
+from ..errors import InvalidArgument
+from . import assign_cmds, bind_cmds, complete, inspect_cmds
 from . import errors as _errors
 
 app = typer.Typer(
     name="vfiokit",
     help="PCI passthrough toolkit: list devices, check the host, bind and assign devices.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 inspect_cmds.register(app)
 bind_cmds.register(app)
 assign_cmds.register(app)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"vfiokit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-) -> None:
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True,
+                     help="Print the version and exit."),
+    ] = False,
+) -> None:  # fmt: skip
     """vfiokit: PCI passthrough for VMs and userspace drivers."""
     _errors.DEBUG = debug
 
 
-def main() -> None:
-    app(prog_name="vfiokit")
+def _click_class(name: str) -> type[Exception]:
+    """click's exception classes, from typer's own (typer >= 0.2x vendors click)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+_UsageError = _click_class("UsageError")
+_ClickException = _click_class("ClickException")
+
+
+def _wants_json(args: list[str]) -> bool:
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `vfiokit` entry point: typer, with click's usage errors as JSON under --json."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        command = typer.main.get_command(app)
+        complete.register_bash()  # after get_command: typer registers its own bash first
+        code = command.main(args=args, prog_name="vfiokit", standalone_mode=False)
+    except _UsageError as exc:
+        if not _wants_json(args):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "vfiokit"
+        err = InvalidArgument(exc.format_message(), remedy=f"{where} --help")  # type: ignore[attr-defined]
+        sys.exit(_errors.report(err, as_json=True))
+    except _ClickException as exc:
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -11,9 +11,10 @@ from ..binding.memlock import Limit, human, parse_size, user_limit
 from ..binding.snippets import libvirt_hostdev, qemu_args
 from ..errors import InvalidArgument
 from ..sysroot import SysRoot
+from . import complete
 from .errors import handled
 from .inspect_cmds import JsonOpt
-from .output import dumps
+from .output import document
 
 
 def _memlock(sysroot: SysRoot, user: str, need: int | None) -> tuple[Limit, list[str]]:
@@ -29,31 +30,64 @@ def _memlock(sysroot: SysRoot, user: str, need: int | None) -> tuple[Limit, list
 
 
 def assign_cmd(
-    address: Annotated[str, typer.Argument(help="A device bound to vfio-pci or vfiokit-pci.")],
-    user: Annotated[str | None, typer.Option(help="The user who may open it.")] = None,
+    address: Annotated[
+        str,
+        typer.Argument(
+            autocompletion=complete.pci_addresses, help="A device bound to vfio-pci or vfiokit-pci."
+        ),
+    ],
+    user: Annotated[
+        str | None,
+        typer.Option(
+            autocompletion=complete.users,
+            help="The user who may open it: owns its VFIO nodes; writes a udev rule.",
+        ),
+    ] = None,
     group: Annotated[
-        str | None, typer.Option(help="A group whose members may open it (mode 0660).")
+        str | None,
+        typer.Option(
+            autocompletion=complete.groups,
+            help="A group whose members may open it (mode 0660); writes a udev rule.",
+        ),
     ] = None,
     memlock: Annotated[
         str | None,
-        typer.Option(help="Memory the user will pin (a VM's RAM, e.g. 4G): warn if over limit."),
+        typer.Option(
+            help="With --user: memory the user will pin (a VM's RAM, e.g. 4G): "
+            "warn if over the user's limit."
+        ),
     ] = None,
-    qemu: Annotated[bool, typer.Option("--qemu", help="Print QEMU arguments for it.")] = False,
+    qemu: Annotated[
+        bool, typer.Option("--qemu", help="Print QEMU arguments for it (changes nothing).")
+    ] = False,
     iommufd: Annotated[
         bool, typer.Option("--iommufd", help="With --qemu: use QEMU's iommufd backend.")
     ] = False,
     libvirt: Annotated[
-        bool, typer.Option("--libvirt", help="Print a libvirt <hostdev> element for it.")
+        bool,
+        typer.Option("--libvirt", help="Print a libvirt <hostdev> element (changes nothing)."),
     ] = False,
     no_persist: Annotated[
         bool, typer.Option("--no-persist", help="Do not write the udev rule (until re-bind).")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Let a non-root user (or group) drive a VFIO device; or print how to give it to a VMM."""
+    """Let a non-root user (or group) drive a VFIO device; or print how to give it to a VMM.
+
+    --user/--group change the owner and mode of the device's VFIO nodes (recorded first;
+    `vfiokit unassign` puts them back) and write the udev rule
+    /etc/udev/rules.d/70-vfiokit-assign-BDF.rules that keeps them so (not with
+    --no-persist). --qemu and --libvirt alone change nothing: they only print what to give
+    QEMU or libvirt, and the VMM then needs root or a device assigned with --user.
+    """
     if not (user or group or qemu or libvirt):
         raise InvalidArgument(
             "nothing to do", remedy="--user NAME, --group NAME, --qemu or --libvirt"
+        )
+    if memlock is not None and not user:
+        raise InvalidArgument(
+            "--memlock checks the memlock limit of the --user: it needs --user",
+            remedy=f"vfiokit assign {address} --user NAME --memlock {memlock}",
         )
     need = None
     if memlock is not None:
@@ -90,11 +124,17 @@ def assign_cmd(
         xml = libvirt_hostdev(address)
         out["libvirt"] = xml
         lines.append(xml.rstrip())
-    typer.echo(dumps(out) if as_json else "\n".join(lines))
+    typer.echo(document(out) if as_json else "\n".join(lines))
 
 
 def unassign_cmd(
-    address: Annotated[str, typer.Argument(help="A device given to a user by `vfiokit assign`.")],
+    address: Annotated[
+        str,
+        typer.Argument(
+            autocompletion=complete.pci_addresses,
+            help="A device given to a user by `vfiokit assign`.",
+        ),
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Give the device's VFIO nodes back their prior owner and mode; remove the udev rule."""
@@ -102,7 +142,7 @@ def unassign_cmd(
 
     a = Assigner().unassign(address)
     if as_json:
-        typer.echo(dumps({"unassigned": a.to_dict() if a else None}))
+        typer.echo(document({"unassigned": a.to_dict() if a else None}))
     else:
         typer.echo(f"unassigned {a.address}" if a else "nothing to unassign")
 

@@ -7,9 +7,10 @@ from typing import Annotated
 import typer
 
 from ..sysroot import SysRoot
+from . import complete
 from .errors import handled
 from .inspect_cmds import JsonOpt
-from .output import dumps
+from .output import document
 
 
 def _say(as_json: bool):
@@ -17,7 +18,12 @@ def _say(as_json: bool):
 
 
 def bind_cmd(
-    addresses: Annotated[list[str], typer.Argument(help="PCI addresses to take for VFIO.")],
+    addresses: Annotated[
+        list[str],
+        typer.Argument(
+            autocompletion=complete.pci_addresses, help="PCI addresses to take for VFIO."
+        ),
+    ],
     driver: Annotated[
         str | None, typer.Option(help="vfiokit-pci or vfio-pci (default: vfiokit-pci if present).")
     ] = None,
@@ -40,7 +46,7 @@ def bind_cmd(
     if dry_run:
         if as_json:
             files = persisted.files() if persist else []
-            typer.echo(dumps({"dry_run": True, **plan.to_dict(), "would_write": files}))
+            typer.echo(document({"dry_run": True, **plan.to_dict(), "would_write": files}))
             return
         typer.echo(f"would bind to {plan.target}:")
         for s in plan.steps:
@@ -60,7 +66,7 @@ def bind_cmd(
             written += persisted.add(addr, plan.target)
         written = sorted(set(written))
     if as_json:
-        typer.echo(dumps({"bound": done, "driver": plan.target, "persisted": written,
+        typer.echo(document({"bound": done, "driver": plan.target, "persisted": written,
                           **plan.to_dict()}))  # fmt: skip
     else:
         typer.echo(f"bound {len(done)} device(s) to {plan.target}"
@@ -71,7 +77,10 @@ def bind_cmd(
 
 def apply_persisted_cmd(
     addresses: Annotated[
-        list[str] | None, typer.Argument(help="Devices (default: every persisted one).")
+        list[str] | None,
+        typer.Argument(
+            autocompletion=complete.pci_addresses, help="Devices (default: every persisted one)."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -97,13 +106,16 @@ def apply_persisted_cmd(
     for addr, target in sorted(wanted.items()):
         done += binder.bind(plan_bind(sysroot, [addr], target), keep_override=True)
     if as_json:
-        typer.echo(dumps({"bound": done, "persisted": wanted}))
+        typer.echo(document({"bound": done, "persisted": wanted}))
     else:
         typer.echo(f"applied {len(wanted)} persisted binding(s); bound {len(done)} device(s)")
 
 
 def unbind_cmd(
-    addresses: Annotated[list[str], typer.Argument(help="PCI addresses to give back.")],
+    addresses: Annotated[
+        list[str],
+        typer.Argument(autocompletion=complete.pci_addresses, help="PCI addresses to give back."),
+    ],
     persist: Annotated[
         bool, typer.Option("--persist", help="Also forget the persisted binding.")
     ] = False,
@@ -125,18 +137,27 @@ def unbind_cmd(
                 forgotten.append(addr)
     done = binder.unbind(addresses, forget=forgotten)
     if as_json:
-        typer.echo(dumps({"unbound": done, "unpersisted": forgotten}))
+        typer.echo(document({"unbound": done, "unpersisted": forgotten}))
     else:
         extra = f"; no longer persisted: {', '.join(forgotten)}" if forgotten else ""
         typer.echo(f"unbound {len(done)} device(s){extra}")
 
 
 def restore_cmd(
-    addresses: Annotated[list[str] | None, typer.Argument(help="Devices (default: --all).")] = None,
+    addresses: Annotated[
+        list[str] | None,
+        typer.Argument(
+            autocompletion=complete.pci_addresses, help="Devices to restore; or none, with --all."
+        ),
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every journaled device.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Undo binds from the journal (also after a killed run); idempotent."""
+    """Undo binds from the journal (also after a killed run); idempotent.
+
+    Name the devices, or pass --all for every journaled one: without either it does nothing
+    and exits 2.
+    """
     from ..binding import Binder, Journal
     from ..errors import InvalidArgument
 
@@ -149,7 +170,7 @@ def restore_cmd(
         addresses = [devmod.resolve(binder.sysroot, a) for a in addresses]
     done = binder.restore(addresses or None)
     if as_json:
-        typer.echo(dumps({"restored": done, "journal": str(Journal().dir)}))
+        typer.echo(document({"restored": done, "journal": str(Journal().dir)}))
     else:
         typer.echo(f"restored {len(done)} device(s)" + (f": {', '.join(done)}" if done else ""))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import traceback
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import ParamSpec, TypeVar
 import typer
 
 from ..errors import VfiokitError
+from .output import document
 
 DEBUG = False
 
@@ -23,7 +23,7 @@ def report(exc: VfiokitError, as_json: bool) -> int:
     if DEBUG:
         traceback.print_exc()
     if as_json:
-        print(json.dumps(exc.to_dict()))
+        print(document(exc.to_dict(), indent=None))
     else:
         print(f"error: {exc}", file=sys.stderr)
         if exc.remedy:

@@ -2,35 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .. import device as devmod
 from .. import doctor as doc
-from .. import intx, iommu
+from .. import intx, iommu, names
 from ..binding.persist import Persisted
+from ..errors import InvalidArgument
 from ..sysroot import SysRoot
+from . import complete, filters
 from .errors import handled
-from .output import dumps, keyvalues, table
+from .output import document, keyvalues, table, text
+
+if TYPE_CHECKING:
+    from ..binding.inuse import Use  # imported when used: psutil costs startup time
 
 _YES_NO = {True: "yes", False: "no", None: "unknown"}
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
-def _matches_class(dev: devmod.PciDevice, want: str) -> bool:
-    want = want.lower().removeprefix("0x")
-    if dev.class_code is None:
-        return False
-    code = f"{dev.class_code:06x}"
-    return (dev.class_name or "") == want or code.startswith(want)
-
-
-def _matches_vendor(dev: devmod.PciDevice, want: str) -> bool:
-    want = want.lower().removeprefix("0x")
-    if dev.vendor_id is not None and f"{dev.vendor_id:04x}" == want:
-        return True
-    return bool(dev.vendor_name) and want in (dev.vendor_name or "").lower()
+def _names_hint(sysroot: SysRoot) -> None:
+    """Say once, on stderr (never in --json stdout), why the names are blank."""
+    if not names.available(sysroot):
+        typer.echo(names.MISSING_HINT, err=True)
 
 
 def list_cmd(
@@ -39,25 +35,46 @@ def list_cmd(
         typer.Option("--class", help="Class name (network, storage, ...) or hex code prefix."),
     ] = None,
     vendor: Annotated[str | None, typer.Option(help="Vendor ID (hex) or part of its name.")] = None,
-    driver: Annotated[str | None, typer.Option(help="Bound driver; 'none' for unbound.")] = None,
+    driver: Annotated[
+        str | None, typer.Option(help="Bound driver ('vfio_pci' = 'vfio-pci'); 'none' for unbound.")
+    ] = None,
     group: Annotated[str | None, typer.Option(help="IOMMU group number.")] = None,
+    tree: Annotated[
+        bool,
+        typer.Option("--tree", help="The PCI hierarchy: bridges, groups, INTx lines, in use."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List PCI devices with their driver, IOMMU group and INTx line."""
+    """List PCI devices with their driver, IOMMU group, INTx line and what on the host uses
+    them (USED BY: what `vfiokit bind` would refuse to take without --force, or ever)."""
     sysroot = SysRoot()
+    if tree and any(f is not None for f in (klass, vendor, driver, group)):
+        raise InvalidArgument("--tree shows every device: it takes no filters",
+                              remedy="vfiokit list --tree")  # fmt: skip
     devices = devmod.read_all(sysroot)
     persisted = Persisted(sysroot).all()
-    if klass:
-        devices = [d for d in devices if _matches_class(d, klass)]
-    if vendor:
-        devices = [d for d in devices if _matches_vendor(d, vendor)]
-    if driver:
-        devices = [d for d in devices if (d.driver or "none") == driver]
-    if group:
-        devices = [d for d in devices if d.iommu_group == group]
+    chosen: list[filters.Filter] = []
+    if klass is not None:
+        chosen.append(filters.class_filter(klass))
+    if vendor is not None:
+        chosen.append(filters.vendor_filter(devices, vendor))
+    if driver is not None:
+        chosen.append(filters.driver_filter(sysroot, devices, driver))
+    if group is not None:
+        chosen.append(filters.group_filter(sysroot, group))
+    devices = [d for d in devices if all(f(d) for f in chosen)]
+    from ..binding.inuse import InUse
+
+    in_use = InUse(sysroot).of_all(devices)
+    _names_hint(sysroot)
+    if tree:
+        _print_tree(sysroot, devices, in_use, as_json)
+        return
     if as_json:
-        typer.echo(dumps([{**d.to_dict(), "persisted": persisted.get(d.address)}
-                          for d in devices]))  # fmt: skip
+        typer.echo(document({"devices": [
+            {**d.to_dict(), "persisted": persisted.get(d.address),
+             "in_use": [u.to_dict() for u in in_use[d.address]]}
+            for d in devices]}))  # fmt: skip
         return
     rows = [
         (
@@ -69,16 +86,27 @@ def list_cmd(
             persisted.get(d.address),
             d.iommu_group,
             d.irq if d.intx_pin else None,
+            ", ".join(u.short for u in in_use[d.address]) or None,
             " ".join(x for x in (d.vendor_name, d.device_name) if x) or None,
         )
         for d in devices
     ]
-    typer.echo(
-        table(
-            ("ADDRESS", "IDS", "CLASS", "DRIVER", "OVERRIDE", "PERSIST", "GROUP", "INTX", "NAME"),
-            rows,
-        )
-    )
+    headers = ("ADDRESS", "IDS", "CLASS", "DRIVER", "OVERRIDE", "PERSIST", "GROUP", "INTX",
+               "USED BY", "NAME")  # fmt: skip
+    typer.echo(table(headers, rows))
+
+
+def _print_tree(sysroot: SysRoot, devices: list[devmod.PciDevice],
+                in_use: dict[str, list[Use]], as_json: bool) -> None:  # fmt: skip
+    from .. import topology
+    from .tree import Tree
+
+    roots = topology.build(sysroot, [d.address for d in devices])
+    view = Tree(devices, in_use, intx.irq_devices(sysroot))
+    if as_json:
+        typer.echo(document({"tree": [view.node_dict(r) for r in roots]}))
+    else:
+        typer.echo(view.text(roots))
 
 
 def _show_data(sysroot: SysRoot, dev: devmod.PciDevice) -> dict[str, object]:
@@ -98,22 +126,37 @@ def _show_data(sysroot: SysRoot, dev: devmod.PciDevice) -> dict[str, object]:
 
 
 def show_cmd(
-    address: Annotated[str, typer.Argument(help="PCI address, dddd:bb:dd.f or bb:dd.f.")],
+    address: Annotated[
+        str,
+        typer.Argument(
+            autocompletion=complete.pci_addresses, help="PCI address, dddd:bb:dd.f or bb:dd.f."
+        ),
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Everything vfiokit knows about one device."""
     sysroot = SysRoot()
     dev = devmod.read_device(sysroot, devmod.resolve(sysroot, address))
     data = _show_data(sysroot, dev)
+    _names_hint(sysroot)
     if as_json:
-        typer.echo(dumps(data))
+        typer.echo(document(data))
         return
 
-    def caps(value: object) -> str:
+    def caps(value: dict[str, object] | None) -> str:
+        """`[50] vectors=4, is_64bit=yes`: offsets in hex, as lspci prints them."""
         if value is None:
             return "unknown (config space beyond 64 bytes needs root)"
-        return "none" if value == {} else ", ".join(f"{k}={v}" for k, v in value.items())  # type: ignore[union-attr]
+        if not value:
+            return "none"
+        rest = ", ".join(
+            f"{k}={v:#x}" if k.endswith("offset") and isinstance(v, int) else f"{k}={text(v)}"
+            for k, v in value.items()
+            if k != "offset"
+        )
+        return f"[{value['offset']:02x}] {rest}"
 
+    assigned = data["assignment"]
     pairs: list[tuple[str, object]] = [
         ("address", dev.address),
         (
@@ -122,7 +165,7 @@ def show_cmd(
         ),
         ("name", " ".join(x for x in (dev.vendor_name, dev.device_name) if x) or None),
         ("class", f"{data['class_code']} {dev.class_name}"),
-        ("revision", dev.revision),
+        ("revision", None if dev.revision is None else f"{dev.revision:02x}"),
         ("driver", dev.driver or "none"),
         ("driver_override", dev.driver_override),
         ("persisted", data["persisted"]),
@@ -130,7 +173,7 @@ def show_cmd(
             "assigned to",
             " and ".join(
                 f"{k} {v}"
-                for k, v in (data["assignment"] or {}).items()
+                for k, v in (assigned if isinstance(assigned, dict) else {}).items()
                 if k in ("user", "group") and v
             )
             or None,
@@ -179,7 +222,7 @@ def show_cmd(
                     ("handlers", ", ".join(line["actions"]) or None),  # type: ignore[arg-type]
                     ("shared", line["shared"]),
                     ("interrupts", line["count"]),
-                    ("mask_device", "n/a (no genirq patch)" if md is None else int(bool(md))),
+                    ("mask_device", "n/a (no genirq patch)" if md is None else bool(md)),
                 ],
                 indent=2,
             )
@@ -201,7 +244,10 @@ _MARK = {
 
 
 def doctor_cmd(
-    address: Annotated[str | None, typer.Argument(help="Also check this device.")] = None,
+    address: Annotated[
+        str | None,
+        typer.Argument(autocompletion=complete.pci_addresses, help="Also check this device."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check the host (and a device) for VFIO passthrough; each problem with its remedy.
@@ -213,9 +259,8 @@ def doctor_cmd(
     checks = doc.run(sysroot, addr)
     code = doc.exit_code(checks)
     if as_json:
-        typer.echo(
-            dumps({"device": addr, "checks": [c.to_dict() for c in checks], "exit_code": int(code)})
-        )
+        checks_json = [c.to_dict() for c in checks]
+        typer.echo(document({"device": addr, "checks": checks_json, "exit_code": int(code)}))
     else:
         for c in checks:
             typer.echo(f"[{_MARK[c.status]:>4}] {c.title}: {c.detail}")

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    cells = [[text(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, c in enumerate(row):
@@ -19,12 +19,27 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def text(value: object) -> str:
+    """One value as the tables show it: None is `-`, a boolean is yes or no."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def keyvalues(pairs: Iterable[tuple[str, object]], indent: int = 0) -> str:
-    items = [(k, "-" if v is None else str(v)) for k, v in pairs]
+    items = [(k, text(v)) for k, v in pairs]
     width = max((len(k) for k, _ in items), default=0)
     pad = " " * indent
     return "\n".join(f"{pad}{k.ljust(width)}  {v}" for k, v in items)
 
 
-def dumps(obj: object) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False)
+SCHEMA = 1
+"""The version of every JSON document the CLI prints (docs/json.md). Adding a field keeps
+it; renaming, removing or retyping one bumps it."""
+
+
+def document(fields: dict[str, object], indent: int | None = 2) -> str:
+    """A JSON document for stdout: always an object, `schema` first."""
+    return json.dumps({"schema": SCHEMA, **fields}, indent=indent, sort_keys=False)

@@ -7,21 +7,17 @@ import json
 import re
 
 import pytest
-from typer.testing import CliRunner
 
 from fakesys import FakeSys
 from unit import scenarios
 from vfiokit import __version__
-from vfiokit.binding import HostState
-from vfiokit.cli import app, main
+from vfiokit.cli import main
 from vfiokit.errors import ExitCode
 
 
 @pytest.fixture
-def run(fake: FakeSys, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("VFIOKIT_SYSROOT", str(fake.root))
-    monkeypatch.setattr(HostState, "read", classmethod(lambda cls: HostState({}, {})))
-    return lambda *args: CliRunner().invoke(app, list(args))
+def run(cli):
+    return cli
 
 
 def flat(text: str) -> str:

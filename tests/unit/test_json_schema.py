@@ -3,20 +3,15 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from fakesys import FakeSys
 from unit import scenarios
-from vfiokit.binding import HostState
-from vfiokit.cli import app
 from vfiokit.cli.output import SCHEMA
 
 
 @pytest.fixture
-def run(fake: FakeSys, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("VFIOKIT_SYSROOT", str(fake.root))
-    monkeypatch.setattr(HostState, "read", classmethod(lambda cls: HostState({}, {})))
-    return lambda *args: CliRunner().invoke(app, list(args))
+def run(cli):
+    return cli
 
 
 @pytest.mark.parametrize(

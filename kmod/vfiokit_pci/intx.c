@@ -178,12 +178,10 @@ void vfiokit_intx_mask(struct vfiokit_pci_device *kdev)
 	struct pci_dev *pdev = kdev->core.pdev;
 	unsigned long flags;
 
+	/* With INTx off the device has INTx Disable set already. */
 	spin_lock_irqsave(&kdev->lock, flags);
 	kdev->unmask_deferred = false;	/* masked now: nothing to release */
-	if (!kdev->enabled) {
-		if (kdev->pci_2_3)
-			pci_intx(pdev, 0);
-	} else if (!kdev->masked) {
+	if (kdev->enabled && !kdev->masked) {
 		if (kdev->exclusive) {
 			disable_irq_nosync(kdev->irq);
 			kdev->line_held = true;
@@ -222,6 +220,8 @@ static int vfiokit_intx_unmask_virqfd(void *opaque, void *data)
 
 	spin_lock_irqsave(&kdev->lock, flags);
 	ret = vfiokit_intx_unmask_locked(kdev, vfiokit_intx_from_user());
+	if (ret == VFIOKIT_STILL_PENDING)
+		kdev->resignal = true;
 	spin_unlock_irqrestore(&kdev->lock, flags);
 	return ret != VFIOKIT_UNMASKED;
 }
@@ -231,12 +231,15 @@ static void vfiokit_intx_virqfd_thread(void *opaque, void *data)
 {
 	struct vfiokit_pci_device *kdev = opaque;
 	unsigned long flags;
-	bool signal = true;
+	bool signal;
 
 	spin_lock_irqsave(&kdev->lock, flags);
-	if (kdev->unmask_deferred)
-		signal = vfiokit_intx_unmask_locked(kdev, true) ==
-			 VFIOKIT_STILL_PENDING;
+	/* Only a device found still asserting is signalled again. */
+	signal = kdev->resignal;
+	kdev->resignal = false;
+	if (kdev->unmask_deferred &&
+	    vfiokit_intx_unmask_locked(kdev, true) == VFIOKIT_STILL_PENDING)
+		signal = true;
 	spin_unlock_irqrestore(&kdev->lock, flags);
 
 	if (signal)
@@ -336,6 +339,7 @@ void vfiokit_intx_disable(struct vfiokit_pci_device *kdev)
 	kdev->line_held = false;
 	kdev->dev_masked = false;
 	kdev->unmask_deferred = false;
+	kdev->resignal = false;
 	spin_unlock_irqrestore(&kdev->lock, flags);
 
 	if (trigger)

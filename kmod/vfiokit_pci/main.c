@@ -88,10 +88,14 @@ static void vfiokit_pci_close_device(struct vfio_device *core_vdev)
 	 * open, with INTx Disable clear: a device without a reset method that
 	 * still asserts then storms its line until the spurious detector
 	 * disables it for every sharer (vfio-pci does exactly that). Leave it
-	 * masked instead; the next pci_enable_device() clears the bit.
+	 * masked instead; the next pci_enable_device() clears the bit. The
+	 * core has dropped its runtime PM reference: take one for the write.
 	 */
-	if (kdev->pci_2_3)
+	if (kdev->pci_2_3 &&
+	    pm_runtime_resume_and_get(&kdev->core.pdev->dev) >= 0) {
 		pci_intx(kdev->core.pdev, 0);
+		pm_runtime_put(&kdev->core.pdev->dev);
+	}
 }
 
 /*
@@ -129,6 +133,14 @@ static int vfiokit_pci_set_irqs(struct vfiokit_pci_device *kdev,
 						  (unsigned long)arg);
 		if (kdev->enabled && kdev->core.irq_type != VFIO_PCI_NUM_IRQS)
 			vfiokit_intx_disable(kdev);
+		/*
+		 * Turning MSI or MSI-X off clears INTx Disable
+		 * (pci_intx_for_msi()); keep it set while no INTx of ours is
+		 * on (vfiokit_intx_unmask()).
+		 */
+		if (!kdev->enabled && kdev->pci_2_3 &&
+		    kdev->core.irq_type == VFIO_PCI_NUM_IRQS)
+			pci_intx(kdev->core.pdev, 0);
 		mutex_unlock(&kdev->intx_lock);
 		return ret;
 	}

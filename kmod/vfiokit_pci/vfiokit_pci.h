@@ -51,6 +51,7 @@ struct vfiokit_pci_device {
 	bool dev_masked;	/* we set INTx Disable */
 	bool line_held;		/* the line is disabled for this interrupt */
 	bool unmask_deferred;	/* line release left to the virqfd thread */
+	bool resignal;		/* virqfd found the device still asserting */
 	u64 line_count;
 	u64 device_count;
 };

@@ -2,10 +2,12 @@
 /*
  * vfiokit-pci: adaptive INTx.
  *
- * While the device is the only action on its line (IRQD_MASK_DEVICE clear),
- * an interrupt is masked by holding the line disabled (irq_try_hold_exclusive,
- * no config space access); while the line is shared it is masked at the
- * device (PCI 2.3 INTx Disable). Every unmask undoes whichever of the two is
+ * The handler is requested with IRQF_ONESHOT_UNMASK_SHARED. While the device
+ * is the only action on its line (IRQD_MASK_DEVICE clear), the handler only
+ * returns IRQ_HANDLED and genirq keeps the line masked after it, until
+ * irq_release_held_line() (no config space access); while the line is shared
+ * the handler masks at the device (PCI 2.3 INTx Disable), and genirq unmasks
+ * the line as usual. Every unmask undoes whichever of the two is
  * in effect, decided under the locks, so a stale view in user space costs at
  * most a redundant check, never a lost interrupt or a line left disabled.
  *
@@ -73,12 +75,15 @@ static irqreturn_t vfiokit_intx_handler(int irq, void *dev_id)
 		kdev->line_held = true;
 		kdev->line_count++;
 		ret = IRQ_HANDLED;
-	} else if (irq_try_hold_exclusive(irq, kdev)) {
+	} else if (!irqd_mask_device(kdev->irqd)) {
 		/*
 		 * Alone on the line: every interrupt on it is taken to be
 		 * ours, without reading the device's status (the config
 		 * access line mode exists to avoid). docs/vfiokit-pci.md
-		 * says what that costs.
+		 * says what that costs. genirq keeps the line masked when we
+		 * return, unless the line became shared meanwhile: it then
+		 * fires again while the device asserts, and the branch below
+		 * masks the device. The unmask releases whatever is held.
 		 */
 		kdev->line_held = true;
 		kdev->line_count++;
@@ -135,11 +140,13 @@ static int vfiokit_intx_unmask_locked(struct vfiokit_pci_device *kdev,
 	}
 
 	/*
-	 * The release finds nothing to release when the core handed the
-	 * line over meanwhile; only the device can be masked then.
+	 * The release finds nothing to release when genirq handed the line
+	 * over meanwhile (or did not hold it, see the handler); only the
+	 * device can be masked then. Both can be masked when the line became
+	 * unshared while the handler ran: undo both.
 	 */
 	if (kdev->line_held)
-		irq_release_exclusive(kdev->irq, kdev);
+		irq_release_held_line(kdev->irq, kdev);
 	kdev->line_held = false;
 	if (kdev->dev_masked) {
 		if (!pci_check_and_unmask_intx(pdev))
@@ -270,6 +277,7 @@ static int vfiokit_intx_enable(struct vfiokit_pci_device *kdev,
 
 	spin_lock_irqsave(&kdev->lock, flags);
 	kdev->irq = pdev->irq;
+	kdev->irqd = irq_get_irq_data(pdev->irq);
 	kdev->exclusive = !kdev->pci_2_3;
 	kdev->masked = kdev->core.virq_disabled;
 	kdev->line_held = kdev->exclusive && kdev->masked;

@@ -299,12 +299,18 @@ static const struct vfio_device_ops vfiokit_pci_ops = {
 	.open_device	= vfiokit_pci_open_device,
 	.close_device	= vfiokit_pci_close_device,
 	.ioctl		= vfiokit_pci_ioctl,
+#ifdef VFIOKIT_HAVE_REGION_INFO_CAPS
+	.get_region_info_caps = vfio_pci_ioctl_get_region_info,
+#endif
 	.device_feature	= vfiokit_pci_device_feature,
 	.read		= vfiokit_pci_read,
 	.write		= vfiokit_pci_write,
 	.mmap		= vfio_pci_core_mmap,
 	.request	= vfio_pci_core_request,
 	.match		= vfio_pci_core_match,
+#ifdef VFIOKIT_HAVE_MATCH_TOKEN_UUID
+	.match_token_uuid = vfio_pci_core_match_token_uuid,
+#endif
 	.bind_iommufd	= vfio_iommufd_physical_bind,
 	.unbind_iommufd	= vfio_iommufd_physical_unbind,
 	.attach_ioas	= vfio_iommufd_physical_attach_ioas,

@@ -22,8 +22,8 @@
  *   lock (spinlock)     the INTx state below; taken in the hard interrupt
  *                       handler, the unmask paths (ioctl, config write,
  *                       virqfd) and the mask path. Nests outside desc->lock
- *                       (irq_try_hold_exclusive()/irq_release_exclusive())
- *                       and pci_lock (pci_check_and_*_intx(), pci_intx()).
+ *                       (irq_release_held_line(), enable_irq()) and
+ *                       pci_lock (pci_check_and_*_intx(), pci_intx()).
  *                       genirq never takes it.
  *   @trigger            written with WRITE_ONCE() under intx_lock, read with
  *                       READ_ONCE() by the signallers; an old trigger is put
@@ -42,6 +42,7 @@ struct vfiokit_pci_device {
 	bool enabled;		/* our INTx handler is requested */
 	bool exclusive;		/* no INTx masking: exclusive line */
 	unsigned int irq;
+	struct irq_data *irqd;	/* read locklessly: IRQD_MASK_DEVICE */
 	char *name;
 	struct virqfd *unmask_virqfd;
 	struct eventfd_ctx *trigger;
@@ -49,7 +50,7 @@ struct vfiokit_pci_device {
 	/* Under lock. */
 	bool masked;		/* user view: delivered, not yet unmasked */
 	bool dev_masked;	/* we set INTx Disable */
-	bool line_held;		/* the line is disabled for this interrupt */
+	bool line_held;		/* the line may be held for this interrupt */
 	bool unmask_deferred;	/* line release left to the virqfd thread */
 	bool resignal;		/* virqfd found the device still asserting */
 	u64 line_count;

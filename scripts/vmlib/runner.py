@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -94,9 +95,15 @@ def run_job(
     echo: bool = True,
     interactive: bool = False,
     keep: Path | None = None,
+    cpus: int | None = None,
 ) -> Result:
-    """Boot a fresh guest, run `argv` in it (or a shell), power off; never hangs past timeout."""
+    """Boot a fresh guest, run `argv` in it (or a shell), power off; never hangs past timeout.
+
+    `cpus` overrides the topology's vCPU count (the KUnit cases that need a second CPU).
+    """
     topo = qemu.load()
+    if cpus is not None:
+        topo = dataclasses.replace(topo, cpus=cpus)
     results = Path(tempfile.mkdtemp(prefix="vfiokit-vm-"))
     try:
         (results / "cmd").write_text(

@@ -38,15 +38,22 @@ def bind_cmd(
 ) -> None:
     """Bind devices (and what their IOMMU groups require) to a VFIO driver; all or nothing."""
     from ..binding import Binder, plan_bind
-    from ..binding.persist import Persisted
+    from ..binding.persist import Persisted, launcher
 
     sysroot = SysRoot()
     plan = plan_bind(sysroot, addresses, driver)
     persisted = Persisted(sysroot)
+    # Before anything changes: a launcher the boot unit could not run is refused here.
+    launch = launcher() if persist else None
+    warnings = list(launch.warnings) if launch else []
+    if not as_json:
+        for w in warnings:
+            typer.echo(f"warning: {w}", err=True)
     if dry_run:
         if as_json:
             files = persisted.files() if persist else []
-            typer.echo(document({"dry_run": True, **plan.to_dict(), "would_write": files}))
+            typer.echo(document({"dry_run": True, **plan.to_dict(), "would_write": files,
+                                 "warnings": warnings}))  # fmt: skip
             return
         typer.echo(f"would bind to {plan.target}:")
         for s in plan.steps:
@@ -55,19 +62,20 @@ def bind_cmd(
             typer.echo(f"  {addr}  unchanged: {why}")
         for u in plan.uses:
             typer.echo(f"  {u.address}  IN USE: {u.what}{' (never taken)' if u.fatal else ''}")
-        if persist:
+        if launch is not None:
             typer.echo(f"would write: {', '.join(persisted.files())}")
+            typer.echo(f"the boot unit would run: {' '.join(launch.command)} apply-persisted BDF")
         return
     binder = Binder(sysroot, progress=_say(as_json))
     done = binder.bind(plan, force=force, keep_override=persist)
     written: list[str] = []
-    if persist:
+    if launch is not None:
         for addr in plan.requested:
-            written += persisted.add(addr, plan.target)
+            written += persisted.add(addr, plan.target, launch)
         written = sorted(set(written))
     if as_json:
         typer.echo(document({"bound": done, "driver": plan.target, "persisted": written,
-                          **plan.to_dict()}))  # fmt: skip
+                             "warnings": warnings, **plan.to_dict()}))  # fmt: skip
     else:
         typer.echo(f"bound {len(done)} device(s) to {plan.target}"
                    + (f": {', '.join(done)}" if done else " (nothing to do)"))  # fmt: skip

@@ -13,7 +13,7 @@ from ..errors import InvalidArgument
 from ..sysroot import SysRoot
 from . import complete
 from .errors import handled
-from .inspect_cmds import JsonOpt
+from .options import JsonOpt
 from .output import document
 
 
@@ -147,6 +147,14 @@ def unassign_cmd(
         typer.echo(f"unassigned {a.address}" if a else "nothing to unassign")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("assign")(handled(assign_cmd))
-    app.command("unassign")(handled(unassign_cmd))
+COMMANDS = {
+    "assign": assign_cmd,
+    "unassign": unassign_cmd,
+}
+
+
+def register(app: typer.Typer, verb: str | None = None) -> None:
+    """Add `verb` (default: every command of this module) to `app`."""
+    for name, fn in COMMANDS.items():
+        if verb in (None, name):
+            app.command(name)(handled(fn))

@@ -9,7 +9,7 @@ import typer
 from ..sysroot import SysRoot
 from . import complete
 from .errors import handled
-from .inspect_cmds import JsonOpt
+from .options import JsonOpt
 from .output import document
 
 
@@ -183,8 +183,16 @@ def restore_cmd(
         typer.echo(f"restored {len(done)} device(s)" + (f": {', '.join(done)}" if done else ""))
 
 
-def register(app: typer.Typer) -> None:
-    app.command("bind")(handled(bind_cmd))
-    app.command("unbind")(handled(unbind_cmd))
-    app.command("restore")(handled(restore_cmd))
-    app.command("apply-persisted")(handled(apply_persisted_cmd))
+COMMANDS = {
+    "bind": bind_cmd,
+    "unbind": unbind_cmd,
+    "restore": restore_cmd,
+    "apply-persisted": apply_persisted_cmd,
+}
+
+
+def register(app: typer.Typer, verb: str | None = None) -> None:
+    """Add `verb` (default: every command of this module) to `app`."""
+    for name, fn in COMMANDS.items():
+        if verb in (None, name):
+            app.command(name)(handled(fn))

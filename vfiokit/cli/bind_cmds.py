@@ -9,7 +9,7 @@ import typer
 from ..sysroot import SysRoot
 from . import complete
 from .errors import handled
-from .options import JsonOpt
+from .options import JsonOpt, reflow
 from .output import document
 
 
@@ -21,11 +21,16 @@ def bind_cmd(
     addresses: Annotated[
         list[str],
         typer.Argument(
-            autocompletion=complete.pci_addresses, help="PCI addresses to take for VFIO."
+            metavar="BDF...",
+            autocompletion=complete.pci_addresses,
+            help="PCI addresses to take for VFIO.",
         ),
     ],
     driver: Annotated[
-        str | None, typer.Option(help="vfiokit-pci or vfio-pci (default: vfiokit-pci if present).")
+        str | None,
+        typer.Option(
+            metavar="DRIVER", help="vfiokit-pci or vfio-pci (default: vfiokit-pci if present)."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan, change nothing.")
@@ -87,7 +92,9 @@ def apply_persisted_cmd(
     addresses: Annotated[
         list[str] | None,
         typer.Argument(
-            autocompletion=complete.pci_addresses, help="Devices (default: every persisted one)."
+            metavar="BDF...",
+            autocompletion=complete.pci_addresses,
+            help="Devices (default: every persisted one).",
         ),
     ] = None,
     as_json: JsonOpt = False,
@@ -122,7 +129,11 @@ def apply_persisted_cmd(
 def unbind_cmd(
     addresses: Annotated[
         list[str],
-        typer.Argument(autocompletion=complete.pci_addresses, help="PCI addresses to give back."),
+        typer.Argument(
+            metavar="BDF...",
+            autocompletion=complete.pci_addresses,
+            help="PCI addresses to give back.",
+        ),
     ],
     persist: Annotated[
         bool, typer.Option("--persist", help="Also forget the persisted binding.")
@@ -155,7 +166,9 @@ def restore_cmd(
     addresses: Annotated[
         list[str] | None,
         typer.Argument(
-            autocompletion=complete.pci_addresses, help="Devices to restore; or none, with --all."
+            metavar="BDF...",
+            autocompletion=complete.pci_addresses,
+            help="Devices to restore; or none, with --all.",
         ),
     ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every journaled device.")] = False,
@@ -195,4 +208,4 @@ def register(app: typer.Typer, verb: str | None = None) -> None:
     """Add `verb` (default: every command of this module) to `app`."""
     for name, fn in COMMANDS.items():
         if verb in (None, name):
-            app.command(name)(handled(fn))
+            app.command(name, help=reflow(fn.__doc__))(handled(fn))

@@ -13,7 +13,7 @@ from ..errors import InvalidArgument
 from ..sysroot import SysRoot
 from . import complete, filters
 from .errors import handled
-from .options import JsonOpt
+from .options import JsonOpt, reflow
 from .output import document, keyvalues, table, text
 
 if TYPE_CHECKING:
@@ -32,13 +32,22 @@ def _names_hint(sysroot: SysRoot) -> None:
 def list_cmd(
     klass: Annotated[
         str | None,
-        typer.Option("--class", help="Class name (network, storage, ...) or hex code prefix."),
+        typer.Option(
+            "--class",
+            metavar="NAME|HEX",
+            help="Class name (network, storage, ...) or hex code prefix.",
+        ),
     ] = None,
-    vendor: Annotated[str | None, typer.Option(help="Vendor ID (hex) or part of its name.")] = None,
+    vendor: Annotated[
+        str | None, typer.Option(metavar="HEX|NAME", help="Vendor ID (hex) or part of its name.")
+    ] = None,
     driver: Annotated[
-        str | None, typer.Option(help="Bound driver ('vfio_pci' = 'vfio-pci'); 'none' for unbound.")
+        str | None,
+        typer.Option(
+            metavar="NAME", help="Bound driver ('vfio_pci' = 'vfio-pci'); 'none' for unbound."
+        ),
     ] = None,
-    group: Annotated[str | None, typer.Option(help="IOMMU group number.")] = None,
+    group: Annotated[str | None, typer.Option(metavar="N", help="IOMMU group number.")] = None,
     tree: Annotated[
         bool,
         typer.Option("--tree", help="The PCI hierarchy: bridges, groups, INTx lines, in use."),
@@ -131,7 +140,9 @@ def show_cmd(
     address: Annotated[
         str,
         typer.Argument(
-            autocompletion=complete.pci_addresses, help="PCI address, dddd:bb:dd.f or bb:dd.f."
+            metavar="BDF",
+            autocompletion=complete.pci_addresses,
+            help="PCI address, dddd:bb:dd.f or bb:dd.f.",
         ),
     ],
     as_json: JsonOpt = False,
@@ -243,7 +254,9 @@ _MARK = {"ok": "ok", "info": "info", "warn": "WARN", "fail": "FAIL"}  # doctor.S
 def doctor_cmd(
     address: Annotated[
         str | None,
-        typer.Argument(autocompletion=complete.pci_addresses, help="Also check this device."),
+        typer.Argument(
+            metavar="BDF", autocompletion=complete.pci_addresses, help="Also check this device."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -281,4 +294,4 @@ def register(app: typer.Typer, verb: str | None = None) -> None:
     """Add `verb` (default: every command of this module) to `app`."""
     for name, fn in COMMANDS.items():
         if verb in (None, name):
-            app.command(name)(handled(fn))
+            app.command(name, help=reflow(fn.__doc__))(handled(fn))

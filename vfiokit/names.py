@@ -1,4 +1,6 @@
-"""Vendor and device names: udev's hwdb (through pyudev) first, then the pci.ids file.
+"""Vendor and device names: the pci.ids file first, then udev's hwdb (through pyudev) for
+what pci.ids does not name, or where there is no pci.ids. (The hwdb's PCI names are made
+from pci.ids; importing pyudev and libudev cost `vfiokit list` about 30 ms.)
 
 Names are decoration: where neither source is there (a minimal container, a fake tree
 without pci.ids) they are None, and nothing else depends on them.
@@ -115,16 +117,14 @@ def lookup(
 ) -> tuple[str | None, str | None]:
     """(vendor name, device name) for a PCI device, each None when unknown."""
     vname = dname = None
-    if sysroot.is_host:
-        props = _udev_properties(sysroot, f"/sys/bus/pci/devices/{bdf}")
-        vname = props.get("ID_VENDOR_FROM_DATABASE")
-        dname = props.get("ID_MODEL_FROM_DATABASE")
-    if (vname is None or dname is None) and vendor is not None:
+    if vendor is not None:
         for rel in PCI_IDS_PATHS:
             path = sysroot.path(rel)
             if path.exists():
-                v, d = find_in_pci_ids(_pci_ids_text(str(path)), vendor, device)
-                vname = vname or v
-                dname = dname or d
+                vname, dname = find_in_pci_ids(_pci_ids_text(str(path)), vendor, device)
                 break
+    if (vname is None or dname is None) and sysroot.is_host:
+        props = _udev_properties(sysroot, f"/sys/bus/pci/devices/{bdf}")
+        vname = vname or props.get("ID_VENDOR_FROM_DATABASE")
+        dname = dname or props.get("ID_MODEL_FROM_DATABASE")
     return vname, dname

@@ -1,5 +1,6 @@
 """vfiokit: PCI passthrough toolkit for Linux (VFIO binding, userspace drivers, adaptive INTx)."""
 
+from ._version import __version__
 from .address import PciAddress
 from .device import PciDevice, read_all, read_device
 from .errors import (
@@ -13,8 +14,6 @@ from .errors import (
 )
 from .sysroot import SysRoot
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Busy",
     "ExitCode",
@@ -26,6 +25,7 @@ __all__ = [
     "SysRoot",
     "Unsupported",
     "VfiokitError",
+    "__version__",
     "read_all",
     "read_device",
 ]

@@ -298,14 +298,17 @@ def check_vfiokit_module(sysroot: SysRoot) -> Check:
 # device checks
 
 
-def check_group(sysroot: SysRoot, dev: devmod.PciDevice) -> Check:
+def check_group(sysroot: SysRoot, dev: devmod.PciDevice, in_use: list[Use] | None = None) -> Check:
+    """`in_use`: the device's own in-use verdict, for the no-group case (no remedy that leads
+    to a bind of the root disk's controller)."""
     if dev.iommu_group is None:
+        never = any(u.fatal for u in in_use or [])
         return Check(
             "group",
             "IOMMU group",
             Status.FAIL,
             f"{dev.address} has no IOMMU group",
-            "enable the IOMMU (see the iommu check)",
+            None if never else "enable the IOMMU (see the iommu check)",
         )
     group = iommu.read_group(sysroot, dev.iommu_group)
     blockers = group.blockers(taking={dev.address})
@@ -372,18 +375,30 @@ def check_intx(sysroot: SysRoot, dev: devmod.PciDevice, patched: bool) -> Check:
     )
 
 
-def check_driver(dev: devmod.PciDevice, in_use: list[Use] | None = None) -> Check:
+def check_driver(dev: devmod.PciDevice, in_use: list[Use] | None = None,
+                 planned: bool = True) -> Check:  # fmt: skip
     """The current driver, and `vfiokit bind` as the remedy only where bind would take the
     device: `in_use` is the binder's own verdict on its plan (the device and the members of
-    its group it would move); None: no plan (no IOMMU group)."""
+    its group it would move). `planned` False: no plan (no IOMMU group), `in_use` is then
+    the device's own verdict, and no remedy leads to a bind it would refuse."""
     if iommu.is_vfio_driver(dev.driver):
         return Check("driver", "driver", Status.OK, f"bound to {dev.driver}")
     bound = f"bound to {dev.driver}" if dev.driver else "no driver"
-    if in_use is None:
-        return Check("driver", "driver", Status.INFO,
-                     f"{bound}; VFIO cannot take a device without an IOMMU group",
-                     "enable the IOMMU first (see the iommu check)")  # fmt: skip
+    in_use = in_use or []
     fatal = [u for u in in_use if u.fatal]
+    if not planned:
+        nogroup = f"{bound}; VFIO cannot take a device without an IOMMU group"
+        if fatal:
+            return Check("driver", "driver", Status.INFO,
+                         f"{nogroup}, and vfiokit never takes this one: {fatal[0].what} (the "
+                         "host would lose it)")  # fmt: skip
+        if in_use:
+            what = "; ".join(u.what for u in in_use)
+            return Check("driver", "driver", Status.INFO,
+                         f"{nogroup}, and it is in use by the host ({what}): taking it would "
+                         "cut the host off it")  # fmt: skip
+        return Check("driver", "driver", Status.INFO, nogroup,
+                     "enable the IOMMU first (see the iommu check)")  # fmt: skip
     if fatal:
         return Check("driver", "driver", Status.INFO,
                      f"{bound}; {fatal[0].address} is in use: {fatal[0].what}: vfiokit never "
@@ -397,22 +412,25 @@ def check_driver(dev: devmod.PciDevice, in_use: list[Use] | None = None) -> Chec
     return Check("driver", "driver", Status.INFO, bound, f"vfiokit bind {dev.address}")
 
 
-def _plan_uses(sysroot: SysRoot, dev: devmod.PciDevice, host: HostState | None) -> list[Use] | None:
-    """What the binder's plan for `dev` finds in use (None: it cannot plan at all)."""
+def _plan_uses(sysroot: SysRoot, dev: devmod.PciDevice,
+               host: HostState | None) -> tuple[list[Use], bool]:  # fmt: skip
+    """What the binder's plan for `dev` finds in use, and whether there is a plan at all;
+    without one (no IOMMU group), the in-use verdict on the device alone."""
     from .binding.binder import plan_bind
+    from .binding.inuse import InUse
 
-    if dev.iommu_group is None:
-        return None
-    try:
-        return plan_bind(sysroot, [dev.address], host=host).uses
-    except VfiokitError:
-        return None
+    if dev.iommu_group is not None:
+        try:
+            return plan_bind(sysroot, [dev.address], host=host).uses, True
+        except VfiokitError:
+            pass
+    return InUse(sysroot, host).of(dev), False
 
 
 def run(sysroot: SysRoot, address: str | None = None,
         host: HostState | None = None) -> list[Check]:  # fmt: skip
     """All checks; with `address` (canonical), the device checks as well. `host`: the
-    mounts and interfaces (tests; read with psutil when None)."""
+    mounts and interfaces (tests; HostState.read() when None)."""
     state = iommu.read_state(sysroot)
     patched = genirq_patched(sysroot)
     steps: list[Callable[[], Check | list[Check]]] = [
@@ -426,10 +444,11 @@ def run(sysroot: SysRoot, address: str | None = None,
     ]
     if address is not None:
         dev = devmod.read_device(sysroot, address)
+        used, planned = _plan_uses(sysroot, dev, host)
         steps += [
-            lambda: check_group(sysroot, dev),
+            lambda: check_group(sysroot, dev, None if planned else used),
             lambda: check_intx(sysroot, dev, patched),
-            lambda: check_driver(dev, _plan_uses(sysroot, dev, host)),
+            lambda: check_driver(dev, used, planned),
         ]
     checks: list[Check] = []
     for step in steps:

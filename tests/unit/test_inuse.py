@@ -83,3 +83,23 @@ def test_list_shows_what_uses_each_device(fake: FakeSys, monkeypatch) -> None:
     assert data[nic]["in_use"] == [{"address": nic, "what": "network interface enp0s3 is up "
                                     "with 192.0.2.7", "short": "enp0s3 192.0.2.7",
                                     "fatal": False}]  # fmt: skip
+
+
+def test_doctor_without_iommu_still_consults_the_in_use_verdict(fake: FakeSys) -> None:
+    """No IOMMU (the issue's host): "enable the IOMMU first" would lead to a bind that is
+    refused (root disk) or cuts the host off (its NIC); say so instead."""
+    fake.add_pci("0000:00:02.0", **scenarios.VIRTIO_BLK, driver="virtio-pci", irq=20)
+    fake.add_block("vda", "0000:00:02.0")
+    fake.add_pci("0000:00:03.0", **scenarios.VIRTIO_NET, driver="virtio-pci", irq=21)
+    fake.add_net("enp0s3", "0000:00:03.0")
+    host = HostState(mounts={"/dev/vda": "/"}, net={"enp0s3": (True, ["192.0.2.7"])})
+    disk = driver_check(fake, "0000:00:02.0", host)
+    assert "root file system" in disk.detail and "never" in disk.detail
+    assert disk.remedy is None
+    nic = driver_check(fake, "0000:00:03.0", host)
+    assert "enp0s3 is up with 192.0.2.7" in nic.detail
+    assert "IOMMU" not in (nic.remedy or "") and "vfiokit bind" not in (nic.remedy or "")
+    groups = {c.id: c for c in doc.run(SysRoot(fake.root), "0000:00:02.0", host=host)}
+    assert groups["group"].remedy is None  # no IOMMU to enable for a device never taken
+    idle = HostState(mounts={}, net={})
+    assert "IOMMU" in (driver_check(fake, "0000:00:03.0", idle).remedy or "")

@@ -1,5 +1,9 @@
 """The parsers of /proc/interrupts, /sys/kernel/irq/<N>/actions and pci.ids."""
 
+import os
+import re
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -91,3 +95,42 @@ def test_actions_roundtrip(handlers: list[str]) -> None:
 def test_pci_ids_never_raises(text: str, vendor: int, device: int | None) -> None:
     v, d = names.find_in_pci_ids(text, vendor, device)
     assert d is None or v is not None  # a device name only under its vendor
+
+
+def _indexed_lookup(text: str, vendor: int, device: int | None) -> tuple[str | None, str | None]:
+    """The lookup as it was (every vendor indexed by one regex pass): the reference."""
+    found = [(int(m.group(1), 16), m.group(2).strip(), m.end())
+             for m in re.finditer(r"^([0-9a-f]{4})  (.+)$", text, re.M)]  # fmt: skip
+    index: dict[int, tuple[str, int, int]] = {}
+    for i, (v, name, start) in enumerate(found):
+        index.setdefault(v, (name, start, found[i + 1][2] if i + 1 < len(found) else len(text)))
+    if vendor not in index:
+        return None, None
+    name, start, end = index[vendor]
+    if device is None:
+        return name, None
+    d = re.compile(rf"^\t{device:04x}  (.+)$", re.M).search(text, start, end)
+    return name, (d.group(1).strip() if d else None)
+
+
+_IDS_LINE = st.sampled_from(["8086  Intel", "\t100e  NIC", "1234  Tech", "\t11e8  edu",
+                             "\t\t8086 0001  sub", "# c", "C 02  Net", "\t00  Eth", "1234  ",
+                             "8086  Again", "\t100e  ", "zz", "", "\t8086  dev"])  # fmt: skip
+
+
+@given(st.lists(_IDS_LINE, max_size=30), st.sampled_from([0x8086, 0x1234, 0x100E, 0xABCD]),
+       st.none() | st.sampled_from([0x100E, 0x11E8, 0x8086, 0x0001, 0x0000]))  # fmt: skip
+def test_pci_ids_lookup_is_the_indexed_one(lines: list[str], vendor: int,
+                                           device: int | None) -> None:  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    assert names.find_in_pci_ids(text, vendor, device) == _indexed_lookup(text, vendor, device)
+
+
+def test_pci_ids_lookup_on_debians_file() -> None:
+    path = next((p for p in names.PCI_IDS_PATHS if os.path.exists(p)), None)
+    if path is None:
+        pytest.skip("no pci.ids on this machine")
+    text = names._pci_ids_text(path)
+    for vendor, device in ((0x8086, 0x100E), (0x1AF4, 0x1041), (0x10EC, 0x8169), (0xFFFF, 0)):
+        assert names.find_in_pci_ids(text, vendor, device) == _indexed_lookup(text, vendor,
+                                                                              device)  # fmt: skip

@@ -8,26 +8,27 @@ code 2 as well, and JSON too when --json is on the command line (main()).
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
+from collections.abc import Iterable
 from typing import Annotated
 
 import typer
 
 from .. import __version__
 from ..errors import InvalidArgument
-from . import assign_cmds, bind_cmds, complete, inspect_cmds
 from . import errors as _errors
 
-app = typer.Typer(
-    name="vfiokit",
-    help="PCI passthrough toolkit: list devices, check the host, bind and assign devices.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-inspect_cmds.register(app)
-bind_cmds.register(app)
-assign_cmds.register(app)
+# Each verb and the module that defines it, in the order --help lists them. main() imports
+# and builds only the verb it runs (`vfiokit list` never loads the binder, doctor or
+# assign code, nor has typer inspect their signatures); --help, completion and an unknown
+# verb get them all.
+VERBS = {
+    "list": "inspect_cmds", "show": "inspect_cmds", "doctor": "inspect_cmds",
+    "bind": "bind_cmds", "unbind": "bind_cmds", "restore": "bind_cmds",
+    "apply-persisted": "bind_cmds", "assign": "assign_cmds", "unassign": "assign_cmds",
+}  # fmt: skip
 
 
 def _show_version(value: bool) -> None:
@@ -36,7 +37,6 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
     version: Annotated[
@@ -47,6 +47,39 @@ def _root(
 ) -> None:  # fmt: skip
     """vfiokit: PCI passthrough for VMs and userspace drivers."""
     _errors.DEBUG = debug
+
+
+def make_app(verbs: Iterable[str] | None = None) -> typer.Typer:
+    """The typer app with `verbs` (default: all of them)."""
+    app = typer.Typer(
+        name="vfiokit",
+        help="PCI passthrough toolkit: list devices, check the host, bind and assign devices.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    for verb in VERBS if verbs is None else verbs:
+        importlib.import_module(f".{VERBS[verb]}", __name__).register(app, verb)
+    return app
+
+
+def __getattr__(name: str) -> object:
+    """`app`: the whole CLI (for typer.testing and the docs), built on first use."""
+    if name == "app":
+        globals()["app"] = make_app()
+        return globals()["app"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _verb(args: list[str]) -> str | None:
+    """The verb on the command line: the first word that is not a (root) option."""
+    for a in args:
+        if a == "--":
+            return None
+        if not a.startswith("-"):
+            return a
+    return None
 
 
 def _click_class(name: str) -> type[Exception]:
@@ -65,9 +98,14 @@ def _wants_json(args: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """The `vfiokit` entry point: typer, with click's usage errors as JSON under --json."""
     args = sys.argv[1:] if argv is None else list(argv)
+    verb = _verb(args)
+    only = [verb] if verb in VERBS and "_VFIOKIT_COMPLETE" not in os.environ else None
     try:
-        command = typer.main.get_command(app)
-        complete.register_bash()  # after get_command: typer registers its own bash first
+        command = typer.main.get_command(make_app(only))
+        if only is None:
+            from . import complete
+
+            complete.register_bash()  # after get_command: typer registers its own bash first
         code = command.main(args=args, prog_name="vfiokit", standalone_mode=False)
     except _UsageError as exc:
         if not _wants_json(args):

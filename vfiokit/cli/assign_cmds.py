@@ -13,7 +13,7 @@ from ..errors import InvalidArgument
 from ..sysroot import SysRoot
 from . import complete
 from .errors import handled
-from .inspect_cmds import JsonOpt
+from .options import JsonOpt, reflow
 from .output import document
 
 
@@ -33,12 +33,15 @@ def assign_cmd(
     address: Annotated[
         str,
         typer.Argument(
-            autocompletion=complete.pci_addresses, help="A device bound to vfio-pci or vfiokit-pci."
+            metavar="BDF",
+            autocompletion=complete.pci_addresses,
+            help="A device bound to vfio-pci or vfiokit-pci.",
         ),
     ],
     user: Annotated[
         str | None,
         typer.Option(
+            metavar="USER",
             autocompletion=complete.users,
             help="The user who may open it: owns its VFIO nodes; writes a udev rule.",
         ),
@@ -46,6 +49,7 @@ def assign_cmd(
     group: Annotated[
         str | None,
         typer.Option(
+            metavar="GROUP",
             autocompletion=complete.groups,
             help="A group whose members may open it (mode 0660); writes a udev rule.",
         ),
@@ -53,8 +57,9 @@ def assign_cmd(
     memlock: Annotated[
         str | None,
         typer.Option(
+            metavar="SIZE",
             help="With --user: memory the user will pin (a VM's RAM, e.g. 4G): "
-            "warn if over the user's limit."
+            "warn if over the user's limit.",
         ),
     ] = None,
     qemu: Annotated[
@@ -131,6 +136,7 @@ def unassign_cmd(
     address: Annotated[
         str,
         typer.Argument(
+            metavar="BDF",
             autocompletion=complete.pci_addresses,
             help="A device given to a user by `vfiokit assign`.",
         ),
@@ -147,6 +153,14 @@ def unassign_cmd(
         typer.echo(f"unassigned {a.address}" if a else "nothing to unassign")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("assign")(handled(assign_cmd))
-    app.command("unassign")(handled(unassign_cmd))
+COMMANDS = {
+    "assign": assign_cmd,
+    "unassign": unassign_cmd,
+}
+
+
+def register(app: typer.Typer, verb: str | None = None) -> None:
+    """Add `verb` (default: every command of this module) to `app`."""
+    for name, fn in COMMANDS.items():
+        if verb in (None, name):
+            app.command(name, help=reflow(fn.__doc__))(handled(fn))

@@ -9,7 +9,7 @@ import typer
 from ..sysroot import SysRoot
 from . import complete
 from .errors import handled
-from .inspect_cmds import JsonOpt
+from .options import JsonOpt, reflow
 from .output import document
 
 
@@ -21,11 +21,16 @@ def bind_cmd(
     addresses: Annotated[
         list[str],
         typer.Argument(
-            autocompletion=complete.pci_addresses, help="PCI addresses to take for VFIO."
+            metavar="BDF...",
+            autocompletion=complete.pci_addresses,
+            help="PCI addresses to take for VFIO.",
         ),
     ],
     driver: Annotated[
-        str | None, typer.Option(help="vfiokit-pci or vfio-pci (default: vfiokit-pci if present).")
+        str | None,
+        typer.Option(
+            metavar="DRIVER", help="vfiokit-pci or vfio-pci (default: vfiokit-pci if present)."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan, change nothing.")
@@ -38,15 +43,22 @@ def bind_cmd(
 ) -> None:
     """Bind devices (and what their IOMMU groups require) to a VFIO driver; all or nothing."""
     from ..binding import Binder, plan_bind
-    from ..binding.persist import Persisted
+    from ..binding.persist import Persisted, launcher
 
     sysroot = SysRoot()
     plan = plan_bind(sysroot, addresses, driver)
     persisted = Persisted(sysroot)
+    # Before anything changes: a launcher the boot unit could not run is refused here.
+    launch = launcher() if persist else None
+    warnings = list(launch.warnings) if launch else []
+    if not as_json:
+        for w in warnings:
+            typer.echo(f"warning: {w}", err=True)
     if dry_run:
         if as_json:
             files = persisted.files() if persist else []
-            typer.echo(document({"dry_run": True, **plan.to_dict(), "would_write": files}))
+            typer.echo(document({"dry_run": True, **plan.to_dict(), "would_write": files,
+                                 "warnings": warnings}))  # fmt: skip
             return
         typer.echo(f"would bind to {plan.target}:")
         for s in plan.steps:
@@ -55,19 +67,20 @@ def bind_cmd(
             typer.echo(f"  {addr}  unchanged: {why}")
         for u in plan.uses:
             typer.echo(f"  {u.address}  IN USE: {u.what}{' (never taken)' if u.fatal else ''}")
-        if persist:
+        if launch is not None:
             typer.echo(f"would write: {', '.join(persisted.files())}")
+            typer.echo(f"the boot unit would run: {' '.join(launch.command)} apply-persisted BDF")
         return
     binder = Binder(sysroot, progress=_say(as_json))
     done = binder.bind(plan, force=force, keep_override=persist)
     written: list[str] = []
-    if persist:
+    if launch is not None:
         for addr in plan.requested:
-            written += persisted.add(addr, plan.target)
+            written += persisted.add(addr, plan.target, launch)
         written = sorted(set(written))
     if as_json:
         typer.echo(document({"bound": done, "driver": plan.target, "persisted": written,
-                          **plan.to_dict()}))  # fmt: skip
+                             "warnings": warnings, **plan.to_dict()}))  # fmt: skip
     else:
         typer.echo(f"bound {len(done)} device(s) to {plan.target}"
                    + (f": {', '.join(done)}" if done else " (nothing to do)"))  # fmt: skip
@@ -79,7 +92,9 @@ def apply_persisted_cmd(
     addresses: Annotated[
         list[str] | None,
         typer.Argument(
-            autocompletion=complete.pci_addresses, help="Devices (default: every persisted one)."
+            metavar="BDF...",
+            autocompletion=complete.pci_addresses,
+            help="Devices (default: every persisted one).",
         ),
     ] = None,
     as_json: JsonOpt = False,
@@ -114,7 +129,11 @@ def apply_persisted_cmd(
 def unbind_cmd(
     addresses: Annotated[
         list[str],
-        typer.Argument(autocompletion=complete.pci_addresses, help="PCI addresses to give back."),
+        typer.Argument(
+            metavar="BDF...",
+            autocompletion=complete.pci_addresses,
+            help="PCI addresses to give back.",
+        ),
     ],
     persist: Annotated[
         bool, typer.Option("--persist", help="Also forget the persisted binding.")
@@ -147,7 +166,9 @@ def restore_cmd(
     addresses: Annotated[
         list[str] | None,
         typer.Argument(
-            autocompletion=complete.pci_addresses, help="Devices to restore; or none, with --all."
+            metavar="BDF...",
+            autocompletion=complete.pci_addresses,
+            help="Devices to restore; or none, with --all.",
         ),
     ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every journaled device.")] = False,
@@ -175,8 +196,16 @@ def restore_cmd(
         typer.echo(f"restored {len(done)} device(s)" + (f": {', '.join(done)}" if done else ""))
 
 
-def register(app: typer.Typer) -> None:
-    app.command("bind")(handled(bind_cmd))
-    app.command("unbind")(handled(unbind_cmd))
-    app.command("restore")(handled(restore_cmd))
-    app.command("apply-persisted")(handled(apply_persisted_cmd))
+COMMANDS = {
+    "bind": bind_cmd,
+    "unbind": unbind_cmd,
+    "restore": restore_cmd,
+    "apply-persisted": apply_persisted_cmd,
+}
+
+
+def register(app: typer.Typer, verb: str | None = None) -> None:
+    """Add `verb` (default: every command of this module) to `app`."""
+    for name, fn in COMMANDS.items():
+        if verb in (None, name):
+            app.command(name, help=reflow(fn.__doc__))(handled(fn))

@@ -7,20 +7,20 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .. import device as devmod
-from .. import doctor as doc
-from .. import intx, iommu, names
+from .. import names
 from ..binding.persist import Persisted
 from ..errors import InvalidArgument
 from ..sysroot import SysRoot
 from . import complete, filters
 from .errors import handled
+from .options import JsonOpt, reflow
 from .output import document, keyvalues, table, text
 
 if TYPE_CHECKING:
-    from ..binding.inuse import Use  # imported when used: psutil costs startup time
+    # imported where used: each verb loads only what it needs (the in-use scan, the doctor)
+    from ..binding.inuse import Use
 
 _YES_NO = {True: "yes", False: "no", None: "unknown"}
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
 def _names_hint(sysroot: SysRoot) -> None:
@@ -32,13 +32,22 @@ def _names_hint(sysroot: SysRoot) -> None:
 def list_cmd(
     klass: Annotated[
         str | None,
-        typer.Option("--class", help="Class name (network, storage, ...) or hex code prefix."),
+        typer.Option(
+            "--class",
+            metavar="NAME|HEX",
+            help="Class name (network, storage, ...) or hex code prefix.",
+        ),
     ] = None,
-    vendor: Annotated[str | None, typer.Option(help="Vendor ID (hex) or part of its name.")] = None,
+    vendor: Annotated[
+        str | None, typer.Option(metavar="HEX|NAME", help="Vendor ID (hex) or part of its name.")
+    ] = None,
     driver: Annotated[
-        str | None, typer.Option(help="Bound driver ('vfio_pci' = 'vfio-pci'); 'none' for unbound.")
+        str | None,
+        typer.Option(
+            metavar="NAME", help="Bound driver ('vfio_pci' = 'vfio-pci'); 'none' for unbound."
+        ),
     ] = None,
-    group: Annotated[str | None, typer.Option(help="IOMMU group number.")] = None,
+    group: Annotated[str | None, typer.Option(metavar="N", help="IOMMU group number.")] = None,
     tree: Annotated[
         bool,
         typer.Option("--tree", help="The PCI hierarchy: bridges, groups, INTx lines, in use."),
@@ -98,7 +107,7 @@ def list_cmd(
 
 def _print_tree(sysroot: SysRoot, devices: list[devmod.PciDevice],
                 in_use: dict[str, list[Use]], as_json: bool) -> None:  # fmt: skip
-    from .. import topology
+    from .. import intx, topology
     from .tree import Tree
 
     roots = topology.build(sysroot, [d.address for d in devices])
@@ -110,6 +119,8 @@ def _print_tree(sysroot: SysRoot, devices: list[devmod.PciDevice],
 
 
 def _show_data(sysroot: SysRoot, dev: devmod.PciDevice) -> dict[str, object]:
+    from .. import intx, iommu
+
     data = dev.to_dict()
     data["iommu_group_detail"] = (
         iommu.read_group(sysroot, dev.iommu_group).to_dict() if dev.iommu_group else None
@@ -129,7 +140,9 @@ def show_cmd(
     address: Annotated[
         str,
         typer.Argument(
-            autocompletion=complete.pci_addresses, help="PCI address, dddd:bb:dd.f or bb:dd.f."
+            metavar="BDF",
+            autocompletion=complete.pci_addresses,
+            help="PCI address, dddd:bb:dd.f or bb:dd.f.",
         ),
     ],
     as_json: JsonOpt = False,
@@ -235,18 +248,15 @@ def show_cmd(
             typer.echo(f"  {m['address']}  {m['driver'] or 'none'}{blocks}")
 
 
-_MARK = {
-    doc.Status.OK: "ok",
-    doc.Status.INFO: "info",
-    doc.Status.WARN: "WARN",
-    doc.Status.FAIL: "FAIL",
-}
+_MARK = {"ok": "ok", "info": "info", "warn": "WARN", "fail": "FAIL"}  # doctor.Status values
 
 
 def doctor_cmd(
     address: Annotated[
         str | None,
-        typer.Argument(autocompletion=complete.pci_addresses, help="Also check this device."),
+        typer.Argument(
+            metavar="BDF", autocompletion=complete.pci_addresses, help="Also check this device."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -254,6 +264,8 @@ def doctor_cmd(
 
     Exit code 0: all good; 10: a check failed; 11: warnings only.
     """
+    from .. import doctor as doc
+
     sysroot = SysRoot()
     addr = devmod.resolve(sysroot, address) if address else None
     checks = doc.run(sysroot, addr)
@@ -271,7 +283,15 @@ def doctor_cmd(
     raise typer.Exit(int(code))
 
 
-def register(app: typer.Typer) -> None:
-    app.command("list")(handled(list_cmd))
-    app.command("show")(handled(show_cmd))
-    app.command("doctor")(handled(doctor_cmd))
+COMMANDS = {
+    "list": list_cmd,
+    "show": show_cmd,
+    "doctor": doctor_cmd,
+}
+
+
+def register(app: typer.Typer, verb: str | None = None) -> None:
+    """Add `verb` (default: every command of this module) to `app`."""
+    for name, fn in COMMANDS.items():
+        if verb in (None, name):
+            app.command(name, help=reflow(fn.__doc__))(handled(fn))

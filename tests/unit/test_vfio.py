@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
+import resource
 import selectors
 import threading
 
 import pytest
 
 from fakesys import FakeSys
-from vfiokit import InvalidArgument, NotFound, Unsupported
-from vfiokit.vfio import ClosedError, IovaAllocator, VfioDevice, VfioError, choose_backend
+from vfiokit import Busy, ExitCode, InvalidArgument, NotFound, PermissionDenied, Unsupported
+from vfiokit.vfio import (
+    ClosedError,
+    GroupNotViable,
+    IovaAllocator,
+    RealSyscalls,
+    VfioDevice,
+    VfioError,
+    choose_backend,
+)
 from vfiokit.vfio import uapi as U
 from vfiokit.vfio.fake import FakeSyscalls
 
@@ -262,7 +272,82 @@ def test_errors_carry_errno_and_remedy(host: FakeSys, kernel: FakeSyscalls) -> N
         VfioDevice("zz", sys=kernel)
 
 
+@pytest.mark.parametrize(
+    ("code", "cls", "exit_code"),
+    [
+        (errno.EBUSY, Busy, ExitCode.BUSY),
+        (errno.EPERM, PermissionDenied, ExitCode.PERMISSION),
+        (errno.EACCES, PermissionDenied, ExitCode.PERMISSION),
+        (errno.ENODEV, NotFound, ExitCode.NOT_FOUND),
+        (errno.ENOTTY, Unsupported, ExitCode.UNSUPPORTED),
+    ],
+)
+def test_syscall_errors_are_the_typed_classes(
+    host: FakeSys, kernel: FakeSyscalls, code: int, cls: type, exit_code: ExitCode
+) -> None:
+    """`except Busy` (and the others) match a failed ioctl; it still is a VfioError."""
+    kernel.fail(U.VFIO_GROUP_GET_DEVICE_FD, code)
+    with pytest.raises(cls) as info:
+        open_dev(host, kernel, "legacy")
+    assert isinstance(info.value, VfioError) and info.value.errno == code
+    assert info.value.exit_code == exit_code and "VFIO_GROUP_GET_DEVICE_FD" in str(info.value)
+    assert kernel.open_fds == 0
+    kernel.fail(U.VFIO_GROUP_GET_DEVICE_FD, errno.EIO)  # no subclass for EIO: VfioError
+    with pytest.raises(VfioError) as info:
+        open_dev(host, kernel, "legacy")
+    assert type(info.value) is VfioError and info.value.exit_code == ExitCode.ERROR
+
+
+def test_eventfd_and_poll_failures_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = RealSyscalls()
+    with pytest.raises(VfioError) as info:
+        real.eventfd_write(-1)
+    assert info.value.errno == errno.EBADF
+    with pytest.raises(VfioError):
+        real.eventfd_read(-1)
+    with pytest.raises(VfioError):
+        real.eventfd_read_blocking(-1)  # Intx.wait() after close
+    with pytest.raises(VfioError) as info:
+        real.wait_readable([-1], 0)  # select(): ValueError
+    assert info.value.errno == errno.EBADF
+    efd = real.eventfd()
+    os.close(efd)
+    with pytest.raises(VfioError) as info:
+        real.wait_readable([efd], 0)  # a closed fd: EBADF, not silence
+    assert info.value.errno == errno.EBADF
+
+    def emfile(*_args: object) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "eventfd", emfile)
+    with pytest.raises(VfioError) as info:
+        real.eventfd()
+    assert info.value.errno == errno.EMFILE
+
+
+def test_waiting_on_fds_above_1023() -> None:
+    """MSI-X has up to 2048 vectors: fd numbers past select()'s FD_SETSIZE must work."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1600:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1600")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1600), hard))
+    real = RealSyscalls()
+    efd = real.eventfd()
+    high = os.dup2(efd, 1500)
+    try:
+        assert real.wait_readable([high], 0) == []
+        real.eventfd_write(high)
+        assert real.wait_readable([efd, high], 0) == [efd, high]
+        assert real.eventfd_read(high) == 1
+    finally:
+        os.close(high)
+        os.close(efd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_non_viable_group(host: FakeSys, kernel: FakeSyscalls) -> None:
+    host.add_pci("0000:00:05.0", vendor=0x8086, device=0x100E, class_code=0x020000,
+                 driver="e1000", group="3")  # fmt: skip
     orig = kernel._ioctl_group
 
     def not_viable(f, req, arg):
@@ -272,8 +357,11 @@ def test_non_viable_group(host: FakeSys, kernel: FakeSyscalls) -> None:
         return orig(f, req, arg)
 
     kernel._ioctl_group = not_viable  # type: ignore[method-assign]
-    with pytest.raises(VfioError, match="not viable") as info:
+    with pytest.raises(GroupNotViable, match="not viable") as info:
         open_dev(host, kernel, "legacy")
+    # The real cause: a member bound to a host driver, no invented EINVAL.
+    assert info.value.errno is None and isinstance(info.value, Busy)
+    assert "0000:00:05.0 is bound to host driver e1000" in str(info.value)
     assert "vfiokit doctor" in (info.value.remedy or "")
     assert kernel.open_fds == 0
 

@@ -16,12 +16,11 @@ import ctypes
 import errno as E
 import mmap
 import os
-import select
 import struct
 from dataclasses import dataclass, field
 
 from . import uapi as U
-from .sys import VfioError, _ioctl_name, error
+from .sys import VfioError, _ioctl_name, error, error_for, poll_readable
 
 REGION_SHIFT = 40
 
@@ -141,14 +140,14 @@ class FakeSyscalls:
     def _get(self, fd: int, *kinds: str) -> _Fd:
         f = self.fds.get(fd)
         if f is None:
-            raise VfioError("fake", E.EBADF)
+            raise error_for("fake", E.EBADF)
         if kinds and f.kind not in kinds:
-            raise VfioError("fake", E.ENOTTY)
+            raise error_for("fake", E.ENOTTY)
         return f
 
     @staticmethod
     def _oserror(op: str, code: int) -> VfioError:
-        return error(op, OSError(code, os.strerror(code)))  # type: ignore[return-value]
+        return error(op, OSError(code, os.strerror(code)))
 
     # -- Syscalls ---------------------------------------------------------------------------
     def open(self, path: str, flags: int = os.O_RDWR) -> int:
@@ -490,5 +489,4 @@ class FakeSyscalls:
 
     def wait_readable(self, fds: list[int], timeout: float | None) -> list[int]:
         real = {self._real(fd): fd for fd in fds}
-        ready, _, _ = select.select(list(real), [], [], timeout)
-        return [real[r] for r in ready]
+        return [real[r] for r in poll_readable(list(real), timeout)]

@@ -7,10 +7,11 @@ and its DMA buffers do not care which uAPI the kernel offers.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import Unsupported
+from ..errors import Busy, Unsupported
 from . import uapi as U
 from .sys import Syscalls, VfioError
 
@@ -180,6 +181,12 @@ class IommuFd:
             self.fd = -1
 
 
+class GroupNotViable(Busy):
+    """VFIO_GROUP_GET_STATUS says the group is not viable: a member is bound to a host
+    driver. No syscall failed, so there is no errno; the message names the members that
+    block the group where the caller could tell (see vfiokit.iommu.read_group)."""
+
+
 @dataclass
 class Group:
     """/dev/vfio/<N>, joined to a container."""
@@ -189,15 +196,24 @@ class Group:
     number: str
 
     @classmethod
-    def open(cls, sys: Syscalls, number: str, container: Container) -> Group:
+    def open(
+        cls,
+        sys: Syscalls,
+        number: str,
+        container: Container,
+        blockers: Callable[[], list[str]] | None = None,
+    ) -> Group:
+        """Open /dev/vfio/<number> and join `container`. `blockers`, if given, names the
+        members that keep the group from being viable (for the error, only then called)."""
         fd = sys.open(f"/dev/vfio/{number}")
         try:
             status = U.vfio_group_status(ctypes.sizeof(U.vfio_group_status)).to_bytes()
             sys.ioctl(fd, U.VFIO_GROUP_GET_STATUS, status)
             if not U.vfio_group_status.parse(status).flags & U.VFIO_GROUP_FLAGS_VIABLE:
-                raise VfioError(
-                    f"IOMMU group {number} is not viable",
-                    22,
+                named = blockers() if blockers is not None else []
+                why = "; ".join(named) if named else "a member is bound to a host driver"
+                raise GroupNotViable(
+                    f"IOMMU group {number} is not viable: {why}",
                     remedy="bind every device of the group to vfio-pci (`vfiokit doctor BDF` "
                     "names the one that blocks it)",
                 )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from ..address import PciAddress
 from ..errors import InvalidArgument, NotFound, Unsupported
+from ..iommu import read_group
 from ..sysroot import SysRoot
 from . import uapi as U
 from .device import Device
@@ -86,7 +87,7 @@ class VfioDevice:
                 raise Unsupported(f"{self.address} has no IOMMU group", remedy="`vfiokit doctor`")
             container = Container.open(sys)
             self._undo.append(container.close)
-            grp = Group.open(sys, group, container)
+            grp = Group.open(sys, group, container, lambda: self._blockers(group))
             self._undo.append(grp.close)
             fd = grp.device_fd(self.address)
             self.device = Device(sys, fd, self.address)
@@ -107,6 +108,9 @@ class VfioDevice:
         self.device = Device(sys, fd, self.address)
         self._undo.append(self.device.close)
         return iommufd
+
+    def _blockers(self, group: str) -> list[str]:
+        return [f"{m.address} is {why}" for m, why in read_group(self.sysroot, group).blockers()]
 
     # -- things made from the device, closed with it ----------------------------------------
     def _own(self, obj):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
+import gc
 import os
 import resource
 import selectors
 import threading
+import weakref
 
 import pytest
 
@@ -371,3 +374,138 @@ def test_hot_reset_scope_and_caps(host: FakeSys, kernel: FakeSyscalls) -> None:
         assert vd.device.capabilities() == []
         with pytest.raises(VfioError):
             vd.device.hot_reset_scope()  # the fake has no bus reset
+
+
+# -- leaks: every fd closed on every path -------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_device_fd_closed_when_get_info_fails(
+    host: FakeSys, kernel: FakeSyscalls, backend: str
+) -> None:
+    kernel.fail(U.VFIO_DEVICE_GET_INFO, errno.EIO)
+    with pytest.raises(VfioError):
+        open_dev(host, kernel, backend)
+    assert kernel.open_fds == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_device_close_with_a_view_held_closes_the_fd(
+    host: FakeSys, kernel: FakeSyscalls, backend: str
+) -> None:
+    """Close first, raise after: the fd goes even while a region view is held."""
+    vd = open_dev(host, kernel, backend)
+    view = vd.device.bar(0).mmap().cast("I")
+    regs = vd.device.bar(0).mmap_array()
+    with pytest.raises(Busy, match="still have views"):
+        vd.close()
+    assert kernel.open_fds == 0 and vd.device.fd == -1
+    vd.close()  # a second close is a no-op
+    vd.device.close()
+    view[0] = 1  # the mapping lives on until its view goes
+    assert regs[0] == 0  # (the fake's mmaps are copies)
+    view.release()
+    del regs
+
+
+def test_intx_setup_failure_disarms_and_closes(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    with open_dev(host, kernel, "legacy") as vd:
+        before = kernel.open_fds
+        kernel.fail(U.VFIO_DEVICE_FEATURE, errno.EIO)  # the vfiokit-pci probe, after arming
+        with pytest.raises(VfioError):
+            vd.intx()
+        assert kernel.open_fds == before and dev.triggers == {}
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.EBUSY)  # arming itself
+        with pytest.raises(Busy):
+            vd.intx()
+        assert kernel.open_fds == before and dev.triggers == {}
+        intx = vd.intx()
+        assert intx.vfiokit
+
+
+@pytest.mark.parametrize("code", [errno.ENODEV, errno.EIO])
+def test_intx_close_when_set_irqs_fails(host: FakeSys, kernel: FakeSyscalls, code: int) -> None:
+    """Surprise removal: the disarm fails with ENODEV; the eventfd is closed all the same."""
+    with open_dev(host, kernel, "legacy") as vd:
+        before = kernel.open_fds
+        intx = vd.intx()
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, code)
+        if code == errno.ENODEV:
+            intx.close()  # the device is gone: nothing is armed, no error
+        else:
+            with pytest.raises(VfioError):
+                intx.close()  # raised after closing
+        assert kernel.open_fds == before and intx.efds == []
+        intx.close()
+
+
+def test_vectors_setup_and_close_failures_close_eventfds(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", intx=False, msix=8)
+    with open_dev(host, kernel, "legacy") as vd:
+        before = kernel.open_fds
+        made = []
+        real_eventfd = kernel.eventfd
+
+        def third_fails(nonblock: bool = True) -> int:
+            if len(made) == 2:
+                raise kernel._oserror("eventfd", errno.EMFILE)
+            made.append(1)
+            return real_eventfd(nonblock)
+
+        kernel.eventfd = third_fails  # type: ignore[method-assign]
+        with pytest.raises(VfioError):
+            vd.msix(4)
+        kernel.eventfd = real_eventfd  # type: ignore[method-assign]
+        assert kernel.open_fds == before
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.EINVAL)
+        with pytest.raises(VfioError):
+            vd.msix(4)
+        assert kernel.open_fds == before and dev.triggers == {}
+        vec = vd.msix(4)
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.ENODEV)
+        vec.close()
+        assert kernel.open_fds == before and vec.efds == []
+
+
+@pytest.mark.parametrize("derive", ["slice", "ctypes"])
+def test_dma_close_with_a_derived_view(host: FakeSys, kernel: FakeSyscalls, derive: str) -> None:
+    """Unmapped and closed, then Busy raised: never unmapped-but-open."""
+    with open_dev(host, kernel, "legacy") as vd:
+        buf = vd.dma_buffer(4096)
+        part = buf.view[:16] if derive == "slice" else (ctypes.c_char * 16).from_buffer(buf.view)
+        with pytest.raises(Busy, match="views of its memory"):
+            buf.close()
+        assert buf.closed and buf.iova not in kernel.mappings and vd.allocator.used == {}
+        buf.close()  # a no-op, not a second unmap
+        part[0:1] = b"x"  # the memory lives on with the view (no longer the device's)
+        del part
+        again = vd.dma_buffer(4096)
+        assert again.iova == buf.iova
+
+
+def test_dma_close_when_unmap_fails_stays_open(host: FakeSys, kernel: FakeSyscalls) -> None:
+    with open_dev(host, kernel, "legacy") as vd:
+        buf = vd.dma_buffer(4096)
+        kernel.fail(U.VFIO_IOMMU_UNMAP_DMA, errno.EIO)
+        with pytest.raises(VfioError):
+            buf.close()
+        assert not buf.closed and buf.iova in kernel.mappings
+        buf.view[0] = 1  # still usable
+        buf.close()
+        assert kernel.mappings == {}
+
+
+def test_the_session_forgets_closed_buffers(host: FakeSys, kernel: FakeSyscalls) -> None:
+    with open_dev(host, kernel, "iommufd") as vd:
+        refs = []
+        for _ in range(50):
+            with vd.dma_buffer(4096) as buf:
+                refs.append(weakref.ref(buf))
+        del buf
+        gc.collect()
+        assert all(r() is None for r in refs)
+        kept = vd.dma_buffer(4096)  # an open one is still closed by the session
+    assert kept.closed and kernel.mappings == {}

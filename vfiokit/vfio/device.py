@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .. import pciconfig
-from ..errors import InvalidArgument, Unsupported, VfiokitError
+from ..errors import Busy, InvalidArgument, Unsupported, VfiokitError
 from . import uapi as U
 from .iommu import _parse_caps
 from .sys import Syscalls
@@ -132,28 +132,44 @@ class Region:
         return (ctype * count).from_buffer(self._maps[-1])
 
     def close(self) -> None:
+        """Drop every mmap of the region. One still exported (a memoryview or ctypes array
+        of it alive) cannot be unmapped now: it is let go all the same, unmapped when its
+        last view goes, and close() raises Busy after it has dropped them all."""
+        held = 0
         for m in self._maps:
             try:
                 m.close()
-            except BufferError as exc:
-                raise VfiokitError(
-                    f"region {self.index}: a memoryview of its mmap is still in use",
-                    remedy="release() the views (or let them go out of scope) before close()",
-                ) from exc
+            except BufferError:
+                held += 1
         self._maps.clear()
+        if held:
+            raise Busy(
+                f"region {self.index}: {held} mmap(s) still have views in use; each stays "
+                "mapped until its last view goes",
+                remedy="release() the views (or let them go out of scope) before close()",
+            )
 
 
 class Device:
-    """An open VFIO device fd (from a group or a cdev)."""
+    """An open VFIO device fd (from a group or a cdev).
+
+    The Device owns `fd` from the call on: if reading the device's info fails, the fd is
+    closed before the error propagates.
+    """
 
     def __init__(self, sys: Syscalls, fd: int, address: str):
         self.sys = sys
         self.fd = fd
         self.address = address
-        info = U.vfio_device_info(ctypes.sizeof(U.vfio_device_info)).to_bytes()
-        sys.ioctl(fd, U.VFIO_DEVICE_GET_INFO, info)
-        self.info = U.vfio_device_info.parse(info)
         self._regions: dict[int, Region] = {}
+        try:
+            info = U.vfio_device_info(ctypes.sizeof(U.vfio_device_info)).to_bytes()
+            sys.ioctl(fd, U.VFIO_DEVICE_GET_INFO, info)
+        except BaseException:
+            self.fd = -1
+            sys.close(fd)
+            raise
+        self.info = U.vfio_device_info.parse(info)
 
     # -- state ------------------------------------------------------------------------------
     def _live(self) -> None:
@@ -294,10 +310,25 @@ class Device:
         return bytes(buf[ctypes.sizeof(hdr) :])
 
     def close(self) -> None:
+        """Close the device fd and drop the regions' mmaps; a second close does nothing.
+
+        The fd is closed on every path. If a view of a region's mmap is still held, that
+        mapping lives on until the view goes (it keeps the device open through its own
+        reference), and close() raises Busy once everything else is closed.
+        """
         if self.fd < 0:
             return
+        fd, self.fd = self.fd, -1
+        first: BaseException | None = None
         for r in self._regions.values():
-            r.close()
+            try:
+                r.close()
+            except BaseException as exc:
+                first = first or exc
         self._regions.clear()
-        self.sys.close(self.fd)
-        self.fd = -1
+        try:
+            self.sys.close(fd)
+        except BaseException as exc:
+            first = first or exc
+        if first is not None:
+            raise first

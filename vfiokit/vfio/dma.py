@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno as E
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import InvalidArgument, VfiokitError
+from ..errors import Busy, InvalidArgument, VfiokitError
 from .iommu import DmaSpace, IovaRange
 from .sys import VfioError
 
@@ -63,6 +64,7 @@ class DmaBuffer:
     """Anonymous, page-aligned memory mapped for the device at `iova`.
 
     `view` is a memoryview of the buffer; the device sees the same bytes at `iova`.
+    `on_close`, if given, is called once the buffer is closed (the session forgets it).
     """
 
     def __init__(
@@ -74,7 +76,10 @@ class DmaBuffer:
         *,
         readable: bool = True,
         writable: bool = True,
+        on_close: Callable[[DmaBuffer], None] | None = None,
     ):
+        self._on_close = on_close
+        self.closed = True  # until it is mapped
         self.size = _align_up(size, PAGE)
         self._space = space
         self._alloc = allocator
@@ -98,13 +103,33 @@ class DmaBuffer:
         self.closed = False
 
     def close(self) -> None:
+        """Unmap the buffer from the device, give its IOVA back and free the memory.
+
+        If the unmap fails, nothing has changed: the error is raised, the buffer stays open
+        and close() can be tried again. Once unmapped the buffer is closed whatever else
+        happens; if a view derived from `view` (a slice, a cast, a ctypes array) is still
+        alive, the memory, no longer visible to the device, is freed when the last such
+        view goes, and close() raises Busy to say so. A second close does nothing.
+        """
         if self.closed:
             return
         self._space.unmap(self.iova, self.size)
-        self._alloc.free(self.iova)
-        self.view.release()
-        self._mem.close()
         self.closed = True
+        self._alloc.free(self.iova)
+        held = False
+        try:
+            self.view.release()
+            self._mem.close()
+        except BufferError:
+            held = True  # the views keep the mmap alive; it goes with the last of them
+        if self._on_close is not None:
+            self._on_close(self)
+        if held:
+            raise Busy(
+                f"DMA buffer at IOVA {self.iova:#x} is unmapped, but views of its memory "
+                "are still in use; the memory is freed when the last one goes",
+                remedy="release() views derived from buf.view before close()",
+            )
 
     def __enter__(self) -> DmaBuffer:
         return self

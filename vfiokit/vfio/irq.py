@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno as E
 from dataclasses import dataclass
 
 from ..errors import Unsupported, VfiokitError
@@ -61,6 +62,38 @@ class _EventfdWaiter:
 
     device: Device
     efds: list[int]
+
+    def _disarm(self) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> BaseException | None:
+        """Disarm the trigger, then close every eventfd whatever the disarm did; the first
+        error, if any. ENODEV from the disarm (the device is gone: surprise removal) is
+        none: nothing is armed any more."""
+        first: BaseException | None = None
+        if self.device.fd >= 0:
+            try:
+                self._disarm()
+            except VfiokitError as exc:
+                if exc.errno != E.ENODEV:
+                    first = exc
+        sys = self.device.sys
+        for fd in self.efds:
+            try:
+                sys.close(fd)
+            except BaseException as exc:
+                first = first or exc
+        self.efds = []
+        return first
+
+    def close(self) -> None:
+        """Disarm and close the eventfds; they are closed even if the disarm fails (the
+        error is raised afterwards). A second close does nothing."""
+        if not self.efds:
+            return
+        err = self._release()
+        if err is not None:
+            raise err
 
     def fileno(self) -> int:
         """For selectors: readable when the (first) eventfd is signalled."""
@@ -120,7 +153,15 @@ class Intx(_EventfdWaiter):
             )
         except BaseException:
             sys.close(self.efds[0])
+            self.efds = []
             raise
+        try:
+            self._setup(device, policy)
+        except BaseException:
+            self._release()  # disarmed and closed: the set-up error is the one to see
+            raise
+
+    def _setup(self, device: Device, policy: str) -> None:
         # Built once: the per-interrupt path only issues syscalls with these.
         self._unmask_arg = U.vfio_irq_set(
             ctypes.sizeof(U.vfio_irq_set),
@@ -215,20 +256,17 @@ class Intx(_EventfdWaiter):
             1,
         )
 
-    def close(self) -> None:
-        if not self.efds:
-            return
-        if self.device.fd >= 0:
-            self.device.set_irqs(
-                U.VFIO_PCI_INTX_IRQ_INDEX,
-                U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER,
-                0,
-                0,
-            )
-        for fd in self.efds:
-            self.device.sys.close(fd)
-        self.efds = []
+    def _disarm(self) -> None:
+        self.device.set_irqs(
+            U.VFIO_PCI_INTX_IRQ_INDEX,
+            U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER,
+            0,
+            0,
+        )
+
+    def _release(self) -> BaseException | None:
         self._efd = -1  # wait() after close: EBADF, not a read on a reused fd number
+        return super()._release()
 
 
 class Vectors(_EventfdWaiter):
@@ -243,8 +281,10 @@ class Vectors(_EventfdWaiter):
             raise Unsupported(f"{device.address} offers {info.count} {kind} vectors, not {count}")
         self.device = device
         self.index = index
-        self.efds = [device.sys.eventfd() for _ in range(count)]
+        self.efds = []
         try:
+            for _ in range(count):
+                self.efds.append(device.sys.eventfd())
             device.set_irqs(
                 index,
                 U.VFIO_IRQ_SET_DATA_EVENTFD | U.VFIO_IRQ_SET_ACTION_TRIGGER,
@@ -253,8 +293,7 @@ class Vectors(_EventfdWaiter):
                 eventfds=self.efds,
             )
         except BaseException:
-            for fd in self.efds:
-                device.sys.close(fd)
+            self._release()  # the eventfds made so far, and the trigger if it got armed
             raise
 
     def wait(self, timeout: float | None = None) -> list[int]:
@@ -267,13 +306,7 @@ class Vectors(_EventfdWaiter):
             self.index, U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER, vector, 1
         )
 
-    def close(self) -> None:
-        if not self.efds:
-            return
-        if self.device.fd >= 0:
-            self.device.set_irqs(
-                self.index, U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0
-            )
-        for fd in self.efds:
-            self.device.sys.close(fd)
-        self.efds = []
+    def _disarm(self) -> None:
+        self.device.set_irqs(
+            self.index, U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0
+        )

@@ -70,7 +70,7 @@ class VfioDevice:
             raise NotFound(f"no PCI device {self.address}", remedy="see `vfiokit list`")
         self.backend = choose_backend(self.sysroot, self.address, backend)
         self._undo: list[Callable[[], None]] = []
-        self._owned: list[object] = []
+        self._owned: dict[int, object] = {}  # id -> object, in order of creation
         self.device: Device | None = None
         try:
             self.dma = self._open_backend(base)
@@ -97,14 +97,18 @@ class VfioDevice:
         self._undo.append(iommufd.close)
         cdev = _cdev_name(self.sysroot, self.address)
         fd = sys.open(f"/dev/vfio/devices/{cdev}")
-        # Until a Device owns the fd, close it here (after that, Device.close does).
-        self._undo.append(lambda: sys.close(fd) if self.device is None else None)
-        bind = U.vfio_device_bind_iommufd(ctypes.sizeof(U.vfio_device_bind_iommufd), 0, iommufd.fd)
-        sys.ioctl(fd, U.VFIO_DEVICE_BIND_IOMMUFD, bind.to_bytes())
-        attach = U.vfio_device_attach_iommufd_pt(
-            ctypes.sizeof(U.vfio_device_attach_iommufd_pt), 0, iommufd.ioas
-        )
-        sys.ioctl(fd, U.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach.to_bytes())
+        try:  # until a Device owns the fd (it does from its constructor on)
+            bind = U.vfio_device_bind_iommufd(
+                ctypes.sizeof(U.vfio_device_bind_iommufd), 0, iommufd.fd
+            )
+            sys.ioctl(fd, U.VFIO_DEVICE_BIND_IOMMUFD, bind.to_bytes())
+            attach = U.vfio_device_attach_iommufd_pt(
+                ctypes.sizeof(U.vfio_device_attach_iommufd_pt), 0, iommufd.ioas
+            )
+            sys.ioctl(fd, U.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach.to_bytes())
+        except BaseException:
+            sys.close(fd)
+            raise
         self.device = Device(sys, fd, self.address)
         self._undo.append(self.device.close)
         return iommufd
@@ -114,8 +118,12 @@ class VfioDevice:
 
     # -- things made from the device, closed with it ----------------------------------------
     def _own(self, obj):
-        self._owned.append(obj)
+        self._owned[id(obj)] = obj
         return obj
+
+    def _forget(self, obj: object) -> None:
+        """A buffer closed before the session: the session no longer needs to keep it."""
+        self._owned.pop(id(obj), None)
 
     def intx(self, policy: str = "state") -> Intx:
         return self._own(Intx(self.device, policy))
@@ -129,7 +137,13 @@ class VfioDevice:
     def dma_buffer(self, size: int, *, readable: bool = True, writable: bool = True) -> DmaBuffer:
         return self._own(
             DmaBuffer(
-                self.dma, self.sys, self.allocator, size, readable=readable, writable=writable
+                self.dma,
+                self.sys,
+                self.allocator,
+                size,
+                readable=readable,
+                writable=writable,
+                on_close=self._forget,
             )
         )
 
@@ -137,7 +151,7 @@ class VfioDevice:
     def close(self) -> None:
         """Close everything in reverse order of creation; safe to call twice."""
         errors: list[BaseException] = []
-        for obj in reversed(self._owned):
+        for obj in reversed(list(self._owned.values())):
             try:
                 obj.close()  # type: ignore[attr-defined]
             except BaseException as exc:  # keep closing the rest

@@ -9,6 +9,7 @@ import gc
 import os
 import resource
 import selectors
+import sys
 import threading
 import weakref
 
@@ -509,3 +510,31 @@ def test_the_session_forgets_closed_buffers(host: FakeSys, kernel: FakeSyscalls)
         assert all(r() is None for r in refs)
         kept = vd.dma_buffer(4096)  # an open one is still closed by the session
     assert kept.closed and kernel.mappings == {}
+
+
+# -- correctness ---------------------------------------------------------------------------
+
+
+def test_fd_arrays_are_native_byte_order(host: FakeSys, kernel: FakeSyscalls) -> None:
+    """The kernel reads eventfd and group-fd arrays as native s32s: no fixed '<' anywhere
+    an fd array is packed or unpacked (s390x is big-endian)."""
+    import re
+    from pathlib import Path
+
+    import vfiokit.vfio
+
+    src = Path(vfiokit.vfio.__file__).parent
+    for path in sorted(src.glob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            assert not re.search(r"""pack\(f?["']<[^"']*i["']""", line), f"{path.name}:{n}"
+    seen: list[bytes] = []
+    orig = kernel._set_irqs
+
+    def spy(dev, data: bytes) -> int:
+        seen.append(data[ctypes.sizeof(U.vfio_irq_set) :])
+        return orig(dev, data)
+
+    kernel._set_irqs = spy  # type: ignore[method-assign]
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        assert seen[0] == intx.efds[0].to_bytes(4, sys.byteorder, signed=True)

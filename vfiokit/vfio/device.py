@@ -17,6 +17,11 @@ _FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 PAGE = mmap.PAGESIZE
 
 
+def _fd_array(fds: list[int]) -> bytes:
+    """An array of s32 fds in native byte order, as the kernel reads it."""
+    return struct.pack(f"={len(fds)}i", *fds)
+
+
 class ClosedError(VfiokitError):
     """Use of an object after close()."""
 
@@ -247,10 +252,14 @@ class Device:
         eventfds: list[int] | None = None,
         bools: list[bool] | None = None,
     ) -> None:
-        """VFIO_DEVICE_SET_IRQS with eventfd (s32 each) or bool (u8 each) data, or none."""
+        """VFIO_DEVICE_SET_IRQS with eventfd (s32 each) or bool (u8 each) data, or none.
+
+        The eventfds are packed in the CPU's byte order: the kernel reads them as native
+        integers (s390x, a big VFIO platform, is big-endian).
+        """
         self._live()
         if eventfds is not None:
-            data = struct.pack(f"<{len(eventfds)}i", *eventfds)
+            data = _fd_array(eventfds)
         elif bools is not None:
             data = bytes(int(bool(b)) for b in bools)
         else:
@@ -296,7 +305,7 @@ class Device:
         fds = group_fds or []
         size = ctypes.sizeof(U.vfio_pci_hot_reset)
         arg = U.vfio_pci_hot_reset(size + 4 * len(fds), 0, len(fds)).to_bytes()
-        arg += struct.pack(f"<{len(fds)}i", *fds)
+        arg += _fd_array(fds)
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_PCI_HOT_RESET, arg)
 
     def feature_get(self, feature: int, size: int) -> bytes:

@@ -255,7 +255,7 @@ class FakeSyscalls:
             arg[:8] = bytes(U.vfio_group_status(8, flags))  # type: ignore[index]
             return 0
         if req == U.VFIO_GROUP_SET_CONTAINER:
-            cfd = struct.unpack("<i", bytes(arg[:4]))[0]  # type: ignore[index]
+            cfd = struct.unpack("=i", bytes(arg[:4]))[0]  # type: ignore[index]
             self._get(cfd, "container")
             self.container_groups.append(group)  # type: ignore[arg-type]
             return 0
@@ -397,7 +397,7 @@ class FakeSyscalls:
         payload = data[20:]
         if action == U.VFIO_IRQ_SET_ACTION_TRIGGER:
             if dtype == U.VFIO_IRQ_SET_DATA_EVENTFD:
-                fds = list(struct.unpack(f"<{hdr.count}i", payload[: 4 * hdr.count]))
+                fds = list(struct.unpack(f"={hdr.count}i", payload[: 4 * hdr.count]))
                 for efd in fds:
                     if efd >= 0:
                         self._get(efd, "eventfd")

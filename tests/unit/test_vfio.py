@@ -356,7 +356,7 @@ def test_non_viable_group(host: FakeSys, kernel: FakeSyscalls) -> None:
 
     def not_viable(f, req, arg):
         if req == U.VFIO_GROUP_GET_STATUS:
-            arg[:8] = bytes(U.vfio_group_status(8, 0))
+            arg[:8] = bytes(U.vfio_group_status(argsz=8, flags=0))
             return 0
         return orig(f, req, arg)
 

@@ -168,7 +168,7 @@ class Device:
         self.address = address
         self._regions: dict[int, Region] = {}
         try:
-            info = U.vfio_device_info(ctypes.sizeof(U.vfio_device_info)).to_bytes()
+            info = U.vfio_device_info.new().to_bytes()
             sys.ioctl(fd, U.VFIO_DEVICE_GET_INFO, info)
         except BaseException:
             self.fd = -1
@@ -196,13 +196,13 @@ class Device:
             return self._regions[index]
         if not 0 <= index < self.info.num_regions:
             raise InvalidArgument(f"no region {index} (the device has {self.info.num_regions})")
-        hdr = U.vfio_region_info(ctypes.sizeof(U.vfio_region_info), 0, index)
+        hdr = U.vfio_region_info.new(index=index)
         buf = hdr.to_bytes()
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, buf)
         info = U.vfio_region_info.parse(buf)
         if info.argsz > len(buf):
             buf = bytearray(info.argsz)
-            buf[: ctypes.sizeof(hdr)] = bytes(U.vfio_region_info(info.argsz, 0, index))
+            buf[: ctypes.sizeof(hdr)] = bytes(U.vfio_region_info(argsz=info.argsz, index=index))
             self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, buf)
             info = U.vfio_region_info.parse(buf)
         sparse = None
@@ -238,7 +238,7 @@ class Device:
     # -- interrupts -------------------------------------------------------------------------
     def irq_info(self, index: int) -> IrqInfo:
         self._live()
-        buf = U.vfio_irq_info(ctypes.sizeof(U.vfio_irq_info), 0, index).to_bytes()
+        buf = U.vfio_irq_info.new(index=index).to_bytes()
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_IRQ_INFO, buf)
         info = U.vfio_irq_info.parse(buf)
         return IrqInfo(index, info.flags, info.count)
@@ -264,7 +264,7 @@ class Device:
             data = bytes(int(bool(b)) for b in bools)
         else:
             data = b""
-        hdr = U.vfio_irq_set(ctypes.sizeof(U.vfio_irq_set) + len(data), flags, index, start, count)
+        hdr = U.vfio_irq_set.new(len(data), flags=flags, index=index, start=start, count=count)
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_SET_IRQS, hdr.to_bytes() + data)
 
     # -- reset and features -----------------------------------------------------------------
@@ -278,7 +278,7 @@ class Device:
         """Which devices a bus reset would hit: [(address, group or devid)]."""
         self._live()
         size = ctypes.sizeof(U.vfio_pci_hot_reset_info)
-        buf = U.vfio_pci_hot_reset_info(size).to_bytes()
+        buf = U.vfio_pci_hot_reset_info.new().to_bytes()
         try:
             self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf)
         except VfiokitError as exc:
@@ -286,7 +286,7 @@ class Device:
                 raise
         count = U.vfio_pci_hot_reset_info.parse(buf).count
         step = ctypes.sizeof(U.vfio_pci_dependent_device)
-        buf = U.vfio_pci_hot_reset_info(size + count * step).to_bytes() + bytearray(count * step)
+        buf = U.vfio_pci_hot_reset_info.new(count * step).to_bytes() + bytearray(count * step)
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf)
         out = []
         for i in range(U.vfio_pci_hot_reset_info.parse(buf).count):
@@ -303,17 +303,14 @@ class Device:
         """
         self._live()
         fds = group_fds or []
-        size = ctypes.sizeof(U.vfio_pci_hot_reset)
-        arg = U.vfio_pci_hot_reset(size + 4 * len(fds), 0, len(fds)).to_bytes()
-        arg += _fd_array(fds)
+        data = _fd_array(fds)
+        arg = U.vfio_pci_hot_reset.new(len(data), count=len(fds)).to_bytes() + data
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_PCI_HOT_RESET, arg)
 
     def feature_get(self, feature: int, size: int) -> bytes:
         """VFIO_DEVICE_FEATURE GET of `size` bytes of payload."""
         self._live()
-        hdr = U.vfio_device_feature(
-            ctypes.sizeof(U.vfio_device_feature) + size, feature | U.VFIO_DEVICE_FEATURE_GET
-        )
+        hdr = U.vfio_device_feature.new(size, flags=feature | U.VFIO_DEVICE_FEATURE_GET)
         buf = hdr.to_bytes() + bytearray(size)
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_FEATURE, buf)
         return bytes(buf[ctypes.sizeof(hdr) :])

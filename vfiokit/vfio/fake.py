@@ -60,13 +60,18 @@ class _Fd:
 
 class FakeSyscalls:
     def __init__(
-        self, *, memlock: int = 64 << 20, iova_ranges: list[tuple[int, int]] | None = None
+        self,
+        *,
+        memlock: int = 64 << 20,
+        iova_ranges: list[tuple[int, int]] | None = None,
+        pgsizes: int = 0x1000,
     ):
         self.devices: dict[str, FakeDevice] = {}
         self.fds: dict[int, _Fd] = {}
         self._next_fd = 1000
         self.memlock = memlock
         self.iova_ranges = iova_ranges or [(0, 0xFEDFFFFF), (0xFEF00000, (1 << 48) - 1)]
+        self.pgsizes = pgsizes  # type1's iova_pgsizes; iommufd's alignment is its lowest bit
         self.mappings: dict[int, tuple[int, int]] = {}  # iova -> (vaddr, size)
         self.failures: dict[int, list[int]] = {}
         self.container_groups: list[str] = []
@@ -214,16 +219,22 @@ class FakeSyscalls:
         argsz = U.vfio_iommu_type1_info.parse(buf).argsz
         flags = U.VFIO_IOMMU_INFO_PGSIZES | U.VFIO_IOMMU_INFO_CAPS
         if argsz < need:
-            buf[:base] = bytes(U.vfio_iommu_type1_info(need, flags, 0x1000, 0))
+            buf[:base] = bytes(
+                U.vfio_iommu_type1_info(argsz=need, flags=flags, iova_pgsizes=self.pgsizes)
+            )
             return 0
-        buf[:base] = bytes(U.vfio_iommu_type1_info(need, flags, 0x1000, base))
-        hdr = U.vfio_info_cap_header(U.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, 1, 0)
+        buf[:base] = bytes(
+            U.vfio_iommu_type1_info(
+                argsz=need, flags=flags, iova_pgsizes=self.pgsizes, cap_offset=base
+            )
+        )
+        hdr = U.vfio_info_cap_header(id=U.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, version=1)
         buf[base : base + cap] = bytes(
-            U.vfio_iommu_type1_info_cap_iova_range(hdr, len(self.iova_ranges), 0)
+            U.vfio_iommu_type1_info_cap_iova_range(header=hdr, nr_iovas=len(self.iova_ranges))
         )
         for i, (a, b) in enumerate(self.iova_ranges):
             buf[base + cap + i * step : base + cap + (i + 1) * step] = bytes(
-                U.vfio_iova_range(a, b)
+                U.vfio_iova_range(start=a, end=b)
             )
         return 0
 
@@ -252,7 +263,7 @@ class FakeSyscalls:
             flags = U.VFIO_GROUP_FLAGS_VIABLE
             if group in self.container_groups:
                 flags |= U.VFIO_GROUP_FLAGS_CONTAINER_SET
-            arg[:8] = bytes(U.vfio_group_status(8, flags))  # type: ignore[index]
+            arg[:8] = bytes(U.vfio_group_status(argsz=8, flags=flags))  # type: ignore[index]
             return 0
         if req == U.VFIO_GROUP_SET_CONTAINER:
             cfd = struct.unpack("=i", bytes(arg[:4]))[0]  # type: ignore[index]
@@ -320,7 +331,11 @@ class FakeSyscalls:
         buf: bytearray = arg  # type: ignore[assignment]
         if req == U.VFIO_DEVICE_GET_INFO:
             flags = U.VFIO_DEVICE_FLAGS_PCI | (U.VFIO_DEVICE_FLAGS_RESET if dev.can_reset else 0)
-            buf[:24] = bytes(U.vfio_device_info(24, flags, U.VFIO_PCI_NUM_REGIONS, 5, 0, 0))
+            buf[:24] = bytes(
+                U.vfio_device_info(
+                    argsz=24, flags=flags, num_regions=U.VFIO_PCI_NUM_REGIONS, num_irqs=5
+                )
+            )
             return 0
         if req == U.VFIO_DEVICE_GET_REGION_INFO:
             return self._region_info(dev, buf)
@@ -329,7 +344,9 @@ class FakeSyscalls:
             if info.index > 4:
                 raise self._oserror("VFIO_DEVICE_GET_IRQ_INFO", E.EINVAL)
             flags, count = dev.irqs.get(info.index, (U.VFIO_IRQ_INFO_EVENTFD, 0))
-            buf[:16] = bytes(U.vfio_irq_info(16, flags, info.index, count))
+            buf[:16] = bytes(
+                U.vfio_irq_info(argsz=16, flags=flags, index=info.index, count=count)
+            )
             return 0
         if req == U.VFIO_DEVICE_SET_IRQS:
             return self._set_irqs(dev, bytes(buf))
@@ -342,8 +359,13 @@ class FakeSyscalls:
             hdr = U.vfio_device_feature.parse(buf)
             if (hdr.flags & 0xFFFF) != U.VFIOKIT_DEVICE_FEATURE_INTX_STATE or not dev.vfiokit:
                 raise self._oserror("VFIO_DEVICE_FEATURE", E.ENOTTY)
-            st = U.vfiokit_intx_state(1, U.VFIOKIT_INTX_ADAPTIVE, 20, dev.mask_device)
-            st.masked = int(dev.masked)
+            st = U.vfiokit_intx_state(
+                version=1,
+                mode=U.VFIOKIT_INTX_ADAPTIVE,
+                irq=20,
+                mask_device=dev.mask_device,
+                masked=int(dev.masked),
+            )
             buf[8 : 8 + ctypes.sizeof(st)] = bytes(st)
             return 0
         raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
@@ -362,19 +384,32 @@ class FakeSyscalls:
             need += len(r.sparse) * ctypes.sizeof(U.vfio_region_sparse_mmap_area)
         offset = info.index << REGION_SHIFT
         if info.argsz < need:
-            buf[:base] = bytes(U.vfio_region_info(need, flags, info.index, 0, size, offset))
+            buf[:base] = bytes(
+                U.vfio_region_info(
+                    argsz=need, flags=flags, index=info.index, size=size, offset=offset
+                )
+            )
             return 0
         cap_off = base if need > base else 0
-        buf[:base] = bytes(U.vfio_region_info(need, flags, info.index, cap_off, size, offset))
+        buf[:base] = bytes(
+            U.vfio_region_info(
+                argsz=need,
+                flags=flags,
+                index=info.index,
+                cap_offset=cap_off,
+                size=size,
+                offset=offset,
+            )
+        )
         if cap_off and r and r.sparse is not None:
-            hdr = U.vfio_info_cap_header(U.VFIO_REGION_INFO_CAP_SPARSE_MMAP, 1, 0)
-            cap = U.vfio_region_info_cap_sparse_mmap(hdr, len(r.sparse), 0)
+            hdr = U.vfio_info_cap_header(id=U.VFIO_REGION_INFO_CAP_SPARSE_MMAP, version=1)
+            cap = U.vfio_region_info_cap_sparse_mmap(header=hdr, nr_areas=len(r.sparse))
             pos = base + ctypes.sizeof(cap)
             buf[base:pos] = bytes(cap)
             step = ctypes.sizeof(U.vfio_region_sparse_mmap_area)
             for i, (o, s) in enumerate(r.sparse):
                 buf[pos + i * step : pos + (i + 1) * step] = bytes(
-                    U.vfio_region_sparse_mmap_area(o, s)
+                    U.vfio_region_sparse_mmap_area(offset=o, size=s)
                 )
         return 0
 

@@ -81,25 +81,21 @@ class Container:
         flags = (U.VFIO_DMA_MAP_FLAG_READ if readable else 0) | (
             U.VFIO_DMA_MAP_FLAG_WRITE if writable else 0
         )
-        arg = U.vfio_iommu_type1_dma_map(
-            ctypes.sizeof(U.vfio_iommu_type1_dma_map), flags, vaddr, iova, size
-        )
+        arg = U.vfio_iommu_type1_dma_map.new(flags=flags, vaddr=vaddr, iova=iova, size=size)
         self.sys.ioctl(self.fd, U.VFIO_IOMMU_MAP_DMA, arg.to_bytes())
 
     def unmap(self, iova: int, size: int) -> None:
-        arg = U.vfio_iommu_type1_dma_unmap(
-            ctypes.sizeof(U.vfio_iommu_type1_dma_unmap), 0, iova, size
-        )
+        arg = U.vfio_iommu_type1_dma_unmap.new(iova=iova, size=size)
         self.sys.ioctl(self.fd, U.VFIO_IOMMU_UNMAP_DMA, arg.to_bytes())
 
     def iova_ranges(self) -> list[IovaRange]:
-        info = U.vfio_iommu_type1_info(ctypes.sizeof(U.vfio_iommu_type1_info))
+        info = U.vfio_iommu_type1_info.new()
         buf = info.to_bytes()
         self.sys.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, buf)
         info = U.vfio_iommu_type1_info.parse(buf)
         if info.argsz > len(buf):  # capabilities follow: ask again with room for them
             buf = bytearray(info.argsz)
-            buf[: ctypes.sizeof(info)] = bytes(U.vfio_iommu_type1_info(info.argsz))
+            buf[: ctypes.sizeof(info)] = bytes(U.vfio_iommu_type1_info(argsz=info.argsz))
             self.sys.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, buf)
             info = U.vfio_iommu_type1_info.parse(buf)
         caps = _parse_caps(buf, info.cap_offset if info.flags & U.VFIO_IOMMU_INFO_CAPS else 0)
@@ -131,7 +127,7 @@ class IommuFd:
     def open(cls, sys: Syscalls) -> IommuFd:
         fd = sys.open("/dev/iommu")
         try:
-            arg = U.iommu_ioas_alloc(ctypes.sizeof(U.iommu_ioas_alloc), 0, 0).to_bytes()
+            arg = U.iommu_ioas_alloc.new().to_bytes()
             sys.ioctl(fd, U.IOMMU_IOAS_ALLOC, arg)
             ioas = U.iommu_ioas_alloc.parse(arg).out_ioas_id
         except BaseException:
@@ -146,17 +142,17 @@ class IommuFd:
         flags |= (U.IOMMU_IOAS_MAP_READABLE if readable else 0) | (
             U.IOMMU_IOAS_MAP_WRITEABLE if writable else 0
         )
-        arg = U.iommu_ioas_map(
-            ctypes.sizeof(U.iommu_ioas_map), flags, self.ioas, 0, vaddr, size, iova
+        arg = U.iommu_ioas_map.new(
+            flags=flags, ioas_id=self.ioas, user_va=vaddr, iova=iova, length=size
         )
         self.sys.ioctl(self.fd, U.IOMMU_IOAS_MAP, arg.to_bytes())
 
     def unmap(self, iova: int, size: int) -> None:
-        arg = U.iommu_ioas_unmap(ctypes.sizeof(U.iommu_ioas_unmap), self.ioas, iova, size)
+        arg = U.iommu_ioas_unmap.new(ioas_id=self.ioas, iova=iova, length=size)
         self.sys.ioctl(self.fd, U.IOMMU_IOAS_UNMAP, arg.to_bytes())
 
     def iova_ranges(self) -> list[IovaRange]:
-        hdr = U.iommu_ioas_iova_ranges(ctypes.sizeof(U.iommu_ioas_iova_ranges), self.ioas)
+        hdr = U.iommu_ioas_iova_ranges.new(ioas_id=self.ioas)
         buf = hdr.to_bytes()
         try:
             self.sys.ioctl(self.fd, U.IOMMU_IOAS_IOVA_RANGES, buf)
@@ -168,8 +164,8 @@ class IommuFd:
         if count == 0:
             count = U.iommu_ioas_iova_ranges.parse(buf).num_iovas
         ranges = (U.iommu_iova_range * count)()
-        hdr = U.iommu_ioas_iova_ranges(
-            ctypes.sizeof(U.iommu_ioas_iova_ranges), self.ioas, count, 0, ctypes.addressof(ranges)
+        hdr = U.iommu_ioas_iova_ranges.new(
+            ioas_id=self.ioas, num_iovas=count, allowed_iovas=ctypes.addressof(ranges)
         )
         buf = hdr.to_bytes()
         self.sys.ioctl(self.fd, U.IOMMU_IOAS_IOVA_RANGES, buf)
@@ -207,7 +203,7 @@ class Group:
         members that keep the group from being viable (for the error, only then called)."""
         fd = sys.open(f"/dev/vfio/{number}")
         try:
-            status = U.vfio_group_status(ctypes.sizeof(U.vfio_group_status)).to_bytes()
+            status = U.vfio_group_status.new().to_bytes()
             sys.ioctl(fd, U.VFIO_GROUP_GET_STATUS, status)
             if not U.vfio_group_status.parse(status).flags & U.VFIO_GROUP_FLAGS_VIABLE:
                 named = blockers() if blockers is not None else []

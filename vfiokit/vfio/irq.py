@@ -163,18 +163,17 @@ class Intx(_EventfdWaiter):
 
     def _setup(self, device: Device, policy: str) -> None:
         # Built once: the per-interrupt path only issues syscalls with these.
-        self._unmask_arg = U.vfio_irq_set(
-            ctypes.sizeof(U.vfio_irq_set),
-            U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_UNMASK,
-            U.VFIO_PCI_INTX_IRQ_INDEX,
-            0,
-            1,
+        self._unmask_arg = U.vfio_irq_set.new(
+            flags=U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_UNMASK,
+            index=U.VFIO_PCI_INTX_IRQ_INDEX,
+            start=0,
+            count=1,
         ).to_bytes()
         hdr = ctypes.sizeof(U.vfio_device_feature)
         self._state_size = ctypes.sizeof(U.vfiokit_intx_state)
-        self._state_arg = U.vfio_device_feature(
-            hdr + self._state_size,
-            U.VFIOKIT_DEVICE_FEATURE_INTX_STATE | U.VFIO_DEVICE_FEATURE_GET,
+        self._state_arg = U.vfio_device_feature.new(
+            self._state_size,
+            flags=U.VFIOKIT_DEVICE_FEATURE_INTX_STATE | U.VFIO_DEVICE_FEATURE_GET,
         ).to_bytes() + bytearray(self._state_size)
         self._mask_device_at = hdr + U.vfiokit_intx_state.mask_device.offset
         self._cmd_hi_offset = device.config.offset + PCI_COMMAND_HI

@@ -9,7 +9,6 @@ VFIO device cdev, and own everything that comes with it until close().
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 
 from ..address import PciAddress
@@ -98,13 +97,9 @@ class VfioDevice:
         cdev = _cdev_name(self.sysroot, self.address)
         fd = sys.open(f"/dev/vfio/devices/{cdev}")
         try:  # until a Device owns the fd (it does from its constructor on)
-            bind = U.vfio_device_bind_iommufd(
-                ctypes.sizeof(U.vfio_device_bind_iommufd), 0, iommufd.fd
-            )
+            bind = U.vfio_device_bind_iommufd.new(iommufd=iommufd.fd)
             sys.ioctl(fd, U.VFIO_DEVICE_BIND_IOMMUFD, bind.to_bytes())
-            attach = U.vfio_device_attach_iommufd_pt(
-                ctypes.sizeof(U.vfio_device_attach_iommufd_pt), 0, iommufd.ioas
-            )
+            attach = U.vfio_device_attach_iommufd_pt.new(pt_id=iommufd.ioas)
             sys.ioctl(fd, U.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach.to_bytes())
         except BaseException:
             sys.close(fd)

@@ -8,6 +8,7 @@ Bytes only: no syscalls here (see sys.py).
 from __future__ import annotations
 
 import ctypes as C
+from typing import Any, Self
 
 from ioctl_opt import IO
 
@@ -112,13 +113,31 @@ VFIOKIT_INTX_OFF, VFIOKIT_INTX_ADAPTIVE, VFIOKIT_INTX_EXCLUSIVE = 0, 1, 2
 
 
 class _S(C.Structure):
-    """A uAPI structure: native layout (x86-64 and the other 64-bit arches agree here)."""
+    """A uAPI structure: native layout (x86-64 and the other 64-bit arches agree here).
+
+    Built by keyword only: positional values follow _fields_ order, which silently
+    differs from the order callers think in (iommu_ioas_map has length before iova).
+    """
+
+    def __init__(self, *args: Any, **fields: Any) -> None:
+        if args:
+            raise TypeError(f"{type(self).__name__}: fields by keyword only")
+        super().__init__(**fields)
+
+    @classmethod
+    def new(cls, extra: int = 0, **fields: Any) -> Self:
+        """The structure by keyword, its size field (VFIO's argsz, iommufd's size) set to
+        its own size plus `extra` bytes of data that follow it, unless given."""
+        first = cls._fields_[0][0]
+        if first in ("argsz", "size") and first not in fields:
+            fields[first] = C.sizeof(cls) + extra
+        return cls(**fields)
 
     def to_bytes(self) -> bytearray:
         return bytearray(bytes(self))
 
     @classmethod
-    def parse(cls, buf: bytes | bytearray, offset: int = 0):
+    def parse(cls, buf: bytes | bytearray, offset: int = 0) -> Self:
         return cls.from_buffer_copy(bytes(buf[offset : offset + C.sizeof(cls)]))
 
 

@@ -538,3 +538,38 @@ def test_fd_arrays_are_native_byte_order(host: FakeSys, kernel: FakeSyscalls) ->
     with open_dev(host, kernel, "legacy") as vd:
         intx = vd.intx()
         assert seen[0] == intx.efds[0].to_bytes(4, sys.byteorder, signed=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_unmapped_size_is_checked(host: FakeSys, kernel: FakeSyscalls, backend: str) -> None:
+    """type1 unmaps nothing, successfully, where nothing is mapped: the size it reports
+    back is what tells; iommufd says ENOENT."""
+    from vfiokit import VfiokitError
+
+    with open_dev(host, kernel, backend) as vd:
+        buf = vd.dma_buffer(8192)
+        vd.dma.unmap(buf.iova, buf.size)
+        expected, match = (VfiokitError, "unmapped 0x0") if backend == "legacy" else (
+            NotFound, "ENOENT"
+        )
+        with pytest.raises(expected, match=match):
+            vd.dma.unmap(buf.iova, buf.size)
+        vd.dma.map(buf.vaddr, buf.iova, buf.size)  # for the session's close
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_iova_alignment_follows_the_iommu(host: FakeSys, backend: str) -> None:
+    """64 KiB IOMMU pages (type1's iova_pgsizes, iommufd's out_iova_alignment): IOVA,
+    size and address of every buffer are multiples of 64 KiB."""
+    kernel = FakeSyscalls(pgsizes=0x10000 | 0x200000 | 0x40000000)
+    kernel.add_device(BDF, group="3")
+    with open_dev(host, kernel, backend) as vd:
+        assert vd.dma.iova_alignment() == 0x10000
+        a, b = vd.dma_buffer(100), vd.dma_buffer(0x10001)
+        assert (a.iova, a.size, len(a.view)) == (0x10000, 0x10000, 0x10000)
+        assert (b.iova, b.size) == (0x20000, 0x20000)
+        assert a.vaddr % 0x10000 == 0 and b.vaddr % 0x10000 == 0
+        a.view[:3] = b"abc"
+        a.close()
+        assert kernel.mappings.keys() == {b.iova}
+    assert kernel.mappings == {} and kernel.open_fds == 0

@@ -61,7 +61,8 @@ class IovaAllocator:
 
 
 class DmaBuffer:
-    """Anonymous, page-aligned memory mapped for the device at `iova`.
+    """Anonymous memory mapped for the device at `iova`, its address, size and IOVA
+    multiples of the IOMMU's alignment (the allocator's `align`: a page, or more).
 
     `view` is a memoryview of the buffer; the device sees the same bytes at `iova`.
     `on_close`, if given, is called once the buffer is closed (the session forgets it).
@@ -80,12 +81,21 @@ class DmaBuffer:
     ):
         self._on_close = on_close
         self.closed = True  # until it is mapped
-        self.size = _align_up(size, PAGE)
+        align = max(PAGE, allocator.align)
+        self.size = _align_up(size, align)
         self._space = space
         self._alloc = allocator
-        self._mem = sys.anon_mmap(self.size)
-        self.iova = allocator.alloc(self.size)
-        self.vaddr = sys.address_of(self._mem)
+        # Room to start at an `align` boundary where the IOMMU's pages are larger than
+        # the CPU's (mmap only promises a CPU page).
+        self._mem = sys.anon_mmap(self.size + align - PAGE)
+        base = sys.address_of(self._mem)
+        skip = -base % align
+        self.vaddr = base + skip
+        try:
+            self.iova = allocator.alloc(self.size)
+        except BaseException:
+            self._mem.close()
+            raise
         try:
             space.map(self.vaddr, self.iova, self.size, readable=readable, writable=writable)
         except VfioError as exc:
@@ -100,6 +110,10 @@ class DmaBuffer:
                 ) from exc
             raise
         self.view = memoryview(self._mem)
+        if len(self.view) != self.size:  # the aligned window of a larger mapping
+            whole = self.view
+            self.view = whole[skip : skip + self.size]
+            whole.release()  # the slice keeps the mapping exported, not this view
         self.closed = False
 
     def close(self) -> None:

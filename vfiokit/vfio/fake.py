@@ -208,7 +208,9 @@ class FakeSyscalls:
                 m = U.vfio_iommu_type1_dma_map.parse(arg)  # type: ignore[arg-type]
                 return self._map(m.vaddr, m.iova, m.size)
             u = U.vfio_iommu_type1_dma_unmap.parse(arg)  # type: ignore[arg-type]
-            return self._unmap(u.iova, u.size)
+            u.size = self._unmap(u.iova, u.size, nothing_is_ok=True)
+            arg[: ctypes.sizeof(u)] = bytes(u)  # type: ignore[index]
+            return 0
         raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
 
     def _iommu_info(self, buf: bytearray) -> int:
@@ -238,8 +240,14 @@ class FakeSyscalls:
             )
         return 0
 
+    @property
+    def alignment(self) -> int:
+        """The smallest IOMMU page (type1's check; iommufd's out_iova_alignment)."""
+        return max(mmap.PAGESIZE, self.pgsizes & -self.pgsizes)
+
     def _map(self, vaddr: int, iova: int, size: int) -> int:
-        if size == 0 or iova % mmap.PAGESIZE or size % mmap.PAGESIZE:
+        align = self.alignment
+        if size == 0 or iova % align or size % align or vaddr % align:
             raise self._oserror("DMA map", E.EINVAL)
         if not any(a <= iova and iova + size - 1 <= b for a, b in self.iova_ranges):
             raise self._oserror("DMA map", E.EINVAL)
@@ -251,11 +259,21 @@ class FakeSyscalls:
         self.mappings[iova] = (vaddr, size)
         return 0
 
-    def _unmap(self, iova: int, size: int) -> int:
-        if self.mappings.get(iova, (0, -1))[1] != size:
+    def _unmap(self, iova: int, size: int, nothing_is_ok: bool = False) -> int:
+        """Unmap the mappings within [iova, iova + size): the bytes unmapped. One only
+        partly inside is EINVAL; none at all is success with 0 bytes for type1
+        (`nothing_is_ok`), ENOENT for iommufd."""
+        if size == 0 or iova % self.alignment or size % self.alignment:
             raise self._oserror("DMA unmap", E.EINVAL)
-        del self.mappings[iova]
-        return 0
+        hit = []
+        for start, (_, length) in self.mappings.items():
+            if start < iova + size and iova < start + length:
+                if start < iova or start + length > iova + size:
+                    raise self._oserror("DMA unmap", E.EINVAL)
+                hit.append(start)
+        if not hit and not nothing_is_ok:
+            raise self._oserror("DMA unmap", E.ENOENT)
+        return sum(self.mappings.pop(start)[1] for start in hit)
 
     def _ioctl_group(self, f: _Fd, req: int, arg: int | bytearray) -> int:
         group = f.obj
@@ -290,6 +308,7 @@ class FakeSyscalls:
         if req == U.IOMMU_IOAS_IOVA_RANGES:
             r = U.iommu_ioas_iova_ranges.parse(arg)
             n = len(self.iova_ranges)
+            r.out_iova_alignment = self.alignment
             if r.num_iovas < n:
                 r.num_iovas = n
                 arg[: ctypes.sizeof(r)] = bytes(r)
@@ -307,7 +326,9 @@ class FakeSyscalls:
             return self._map(m.user_va, m.iova, m.length)
         if req == U.IOMMU_IOAS_UNMAP:
             u = U.iommu_ioas_unmap.parse(arg)
-            return self._unmap(u.iova, u.length)
+            u.length = self._unmap(u.iova, u.length)
+            arg[: ctypes.sizeof(u)] = bytes(u)
+            return 0
         raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
 
     def _ioctl_cdev(self, f: _Fd, req: int, arg: int | bytearray) -> int:

@@ -7,16 +7,29 @@ and its DMA buffers do not care which uAPI the kernel offers.
 from __future__ import annotations
 
 import ctypes
+import errno as E
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import Busy, Unsupported
+from ..errors import Busy, Unsupported, VfiokitError
 from . import uapi as U
 from .sys import Syscalls, VfioError
 
 # IOVA ranges are inclusive: (first, last).
 IovaRange = tuple[int, int]
+PAGE = mmap.PAGESIZE
+
+
+def _check_unmapped(iova: int, size: int, unmapped: int) -> None:
+    """The kernel says how much it unmapped: anything but all of it means our idea of
+    what is mapped is wrong (type1 unmaps nothing, successfully, where nothing is)."""
+    if unmapped != size:
+        raise VfiokitError(
+            f"DMA unmap of {size:#x} bytes at IOVA {iova:#x} unmapped {unmapped:#x}",
+            errno=E.EIO,
+        )
 
 
 class DmaSpace(Protocol):
@@ -27,6 +40,7 @@ class DmaSpace(Protocol):
     ) -> None: ...
     def unmap(self, iova: int, size: int) -> None: ...
     def iova_ranges(self) -> list[IovaRange]: ...
+    def iova_alignment(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -85,10 +99,19 @@ class Container:
         self.sys.ioctl(self.fd, U.VFIO_IOMMU_MAP_DMA, arg.to_bytes())
 
     def unmap(self, iova: int, size: int) -> None:
-        arg = U.vfio_iommu_type1_dma_unmap.new(iova=iova, size=size)
-        self.sys.ioctl(self.fd, U.VFIO_IOMMU_UNMAP_DMA, arg.to_bytes())
+        buf = U.vfio_iommu_type1_dma_unmap.new(iova=iova, size=size).to_bytes()
+        self.sys.ioctl(self.fd, U.VFIO_IOMMU_UNMAP_DMA, buf)
+        _check_unmapped(iova, size, U.vfio_iommu_type1_dma_unmap.parse(buf).size)
 
-    def iova_ranges(self) -> list[IovaRange]:
+    def iova_alignment(self) -> int:
+        """The smallest IOMMU page size (iova_pgsizes' lowest bit), at least a CPU page:
+        the IOVA, size and address of every mapping are multiples of it."""
+        info, _ = self._info()
+        if not info.flags & U.VFIO_IOMMU_INFO_PGSIZES or not info.iova_pgsizes:
+            return PAGE
+        return max(PAGE, info.iova_pgsizes & -info.iova_pgsizes)
+
+    def _info(self) -> tuple[U.vfio_iommu_type1_info, bytearray]:
         info = U.vfio_iommu_type1_info.new()
         buf = info.to_bytes()
         self.sys.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, buf)
@@ -98,6 +121,10 @@ class Container:
             buf[: ctypes.sizeof(info)] = bytes(U.vfio_iommu_type1_info(argsz=info.argsz))
             self.sys.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, buf)
             info = U.vfio_iommu_type1_info.parse(buf)
+        return info, buf
+
+    def iova_ranges(self) -> list[IovaRange]:
+        info, buf = self._info()
         caps = _parse_caps(buf, info.cap_offset if info.flags & U.VFIO_IOMMU_INFO_CAPS else 0)
         off = caps.get(U.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE)
         if off is None:
@@ -148,21 +175,27 @@ class IommuFd:
         self.sys.ioctl(self.fd, U.IOMMU_IOAS_MAP, arg.to_bytes())
 
     def unmap(self, iova: int, size: int) -> None:
-        arg = U.iommu_ioas_unmap.new(ioas_id=self.ioas, iova=iova, length=size)
-        self.sys.ioctl(self.fd, U.IOMMU_IOAS_UNMAP, arg.to_bytes())
+        buf = U.iommu_ioas_unmap.new(ioas_id=self.ioas, iova=iova, length=size).to_bytes()
+        self.sys.ioctl(self.fd, U.IOMMU_IOAS_UNMAP, buf)
+        _check_unmapped(iova, size, U.iommu_ioas_unmap.parse(buf).length)
 
-    def iova_ranges(self) -> list[IovaRange]:
-        hdr = U.iommu_ioas_iova_ranges.new(ioas_id=self.ioas)
-        buf = hdr.to_bytes()
+    def _count(self) -> U.iommu_ioas_iova_ranges:
+        """IOMMU_IOAS_IOVA_RANGES with no room: how many ranges, and the alignment."""
+        buf = U.iommu_ioas_iova_ranges.new(ioas_id=self.ioas).to_bytes()
         try:
             self.sys.ioctl(self.fd, U.IOMMU_IOAS_IOVA_RANGES, buf)
-            count = 0
         except VfioError as exc:  # EMSGSIZE: tells how many ranges there are
-            if exc.errno != 90:
+            if exc.errno != E.EMSGSIZE:
                 raise
-            count = U.iommu_ioas_iova_ranges.parse(buf).num_iovas
-        if count == 0:
-            count = U.iommu_ioas_iova_ranges.parse(buf).num_iovas
+        return U.iommu_ioas_iova_ranges.parse(buf)
+
+    def iova_alignment(self) -> int:
+        """out_iova_alignment (at least a CPU page): every mapping's IOVA and size are
+        multiples of it. It can grow as devices attach: ask after attaching them."""
+        return max(PAGE, self._count().out_iova_alignment)
+
+    def iova_ranges(self) -> list[IovaRange]:
+        count = self._count().num_iovas
         ranges = (U.iommu_iova_range * count)()
         hdr = U.iommu_ioas_iova_ranges.new(
             ioas_id=self.ioas, num_iovas=count, allowed_iovas=ctypes.addressof(ranges)

@@ -73,7 +73,10 @@ class VfioDevice:
         self.device: Device | None = None
         try:
             self.dma = self._open_backend(base)
-            self.allocator = IovaAllocator(self.dma.iova_ranges(), limit=dma_limit)
+            align = self.dma.iova_alignment()
+            self.allocator = IovaAllocator(
+                self.dma.iova_ranges(), limit=dma_limit, align=align, reserve_low=align
+            )
         except BaseException:
             self.close()
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import gc
@@ -573,3 +574,61 @@ def test_iova_alignment_follows_the_iommu(host: FakeSys, backend: str) -> None:
         a.close()
         assert kernel.mappings.keys() == {b.iova}
     assert kernel.mappings == {} and kernel.open_fds == 0
+
+
+def test_unmask_buffers_are_not_shared_by_threads(host: FakeSys) -> None:
+    """Thread A's state read is answered "mask at the device"; before A looks at it,
+    thread B's is answered "at the line". With one shared buffer A would see B's."""
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        orig = kernel._ioctl_device
+        a_answered, b_answered = threading.Event(), threading.Event()
+
+        def feature(f, req, arg):
+            name = threading.current_thread().name
+            if req != U.VFIO_DEVICE_FEATURE or name not in ("A", "B"):
+                return orig(f, req, arg)
+            if name == "B":
+                assert a_answered.wait(10)
+            dev.mask_device = int(name == "A")
+            rc = orig(f, req, arg)
+            (a_answered if name == "A" else b_answered).set()
+            if name == "A":
+                assert b_answered.wait(10)
+            return rc
+
+        kernel._ioctl_device = feature  # type: ignore[method-assign]
+        how: dict[str, str] = {}
+
+        def run() -> None:
+            how[threading.current_thread().name] = intx.unmask()
+
+        threads = [threading.Thread(target=run, name=n) for n in "AB"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert how == {"A": "device", "B": "line"}
+
+
+def test_iova_allocator_is_thread_safe() -> None:
+    """Two threads allocating at once: without the lock both see the same free range."""
+    barrier = threading.Barrier(2, timeout=0.5)
+
+    class Racy(dict):
+        def items(self):  # both threads inside alloc() at once, if nothing stops them
+            seen = list(super().items())
+            with contextlib.suppress(threading.BrokenBarrierError):  # the other one is
+                barrier.wait()  # (rightly) held at the lock
+            return seen
+
+    alloc = IovaAllocator([(0, (1 << 32) - 1)], used=Racy())
+    got: list[int] = []
+    threads = [threading.Thread(target=lambda: got.append(alloc.alloc(4096))) for _ in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [0x1000, 0x2000]

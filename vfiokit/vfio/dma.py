@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno as E
 import mmap
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +24,8 @@ class IovaAllocator:
     """First-fit allocation of IOVA ranges within the IOMMU's usable ranges.
 
     `limit` is the highest IOVA the device can address (its DMA mask); `reserve_low` keeps
-    the first pages out (IOVA 0 makes a NULL-looking DMA address).
+    the first pages out (IOVA 0 makes a NULL-looking DMA address). Thread-safe: buffers
+    may be made and closed from any thread.
     """
 
     ranges: list[IovaRange]
@@ -31,11 +33,16 @@ class IovaAllocator:
     align: int = PAGE
     reserve_low: int = PAGE
     used: dict[int, int] = field(default_factory=dict)  # iova -> size
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def alloc(self, size: int) -> int:
         if size <= 0:
             raise InvalidArgument(f"DMA size {size} must be positive")
         size = _align_up(size, self.align)
+        with self._lock:
+            return self._alloc(size)
+
+    def _alloc(self, size: int) -> int:
         taken = sorted(self.used.items())
         for first, last in sorted(self.ranges):
             cur = _align_up(max(first, self.reserve_low), self.align)
@@ -56,7 +63,9 @@ class IovaAllocator:
         )
 
     def free(self, iova: int) -> None:
-        if self.used.pop(iova, None) is None:
+        with self._lock:
+            size = self.used.pop(iova, None)
+        if size is None:
             raise InvalidArgument(f"IOVA {iova:#x} was not allocated")
 
 

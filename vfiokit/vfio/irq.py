@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno as E
+import threading
 from dataclasses import dataclass
 
 from ..errors import Unsupported, VfiokitError
@@ -25,6 +26,7 @@ from . import uapi as U
 from .device import Device
 
 _SET_IRQS, _FEATURE = U.VFIO_DEVICE_SET_IRQS, U.VFIO_DEVICE_FEATURE  # hot path: no lookups
+_BYTE = [bytes([i]) for i in range(256)]  # made once: the device unmask writes these
 PCI_COMMAND_HI = 5  # the command register's high byte: INTx Disable is its bit 2
 INTX_DISABLE_HI = 0x04
 
@@ -162,8 +164,11 @@ class Intx(_EventfdWaiter):
             raise
 
     def _setup(self, device: Device, policy: str) -> None:
-        # Built once: the per-interrupt path only issues syscalls with these.
-        self._unmask_arg = U.vfio_irq_set.new(
+        # Built once per thread: the per-interrupt path only issues syscalls with these.
+        # The kernel writes into the state buffer (fcntl copies every buffer back), so no
+        # two threads share one: each thread gets copies the first time it unmasks.
+        self._tls = threading.local()
+        self._unmask_template = U.vfio_irq_set.new(
             flags=U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_UNMASK,
             index=U.VFIO_PCI_INTX_IRQ_INDEX,
             start=0,
@@ -171,7 +176,7 @@ class Intx(_EventfdWaiter):
         ).to_bytes()
         hdr = ctypes.sizeof(U.vfio_device_feature)
         self._state_size = ctypes.sizeof(U.vfiokit_intx_state)
-        self._state_arg = U.vfio_device_feature.new(
+        self._state_template = U.vfio_device_feature.new(
             self._state_size,
             flags=U.VFIOKIT_DEVICE_FEATURE_INTX_STATE | U.VFIO_DEVICE_FEATURE_GET,
         ).to_bytes() + bytearray(self._state_size)
@@ -192,11 +197,20 @@ class Intx(_EventfdWaiter):
         if value not in ("state", "kernel"):
             raise VfiokitError(f"unknown unmask policy {value!r} (state or kernel)")
         self._policy = value
-        self._adaptive = value == "state" and self.vfiokit
+        # The unmask path is chosen here, once, not tested on every interrupt.
+        adaptive = value == "state" and self.vfiokit
+        self.unmask = self._unmask_state if adaptive else self._unmask_kernel  # type: ignore[method-assign]
+
+    def _thread_args(self) -> tuple[bytearray, bytearray]:
+        """This thread's (state, unmask) ioctl buffers, made on its first use."""
+        tls = self._tls
+        tls.state, tls.unmask = bytearray(self._state_template), bytearray(self._unmask_template)
+        return tls.state, tls.unmask
 
     def _probe_vfiokit(self) -> bool:
         try:
-            self.device.sys.ioctl(self.device.fd, U.VFIO_DEVICE_FEATURE, self._state_arg)
+            state = self._thread_args()[0]
+            self.device.sys.ioctl(self.device.fd, U.VFIO_DEVICE_FEATURE, state)
             return True
         except VfiokitError as exc:
             if exc.errno in (22, 25, 95):  # EINVAL, ENOTTY, EOPNOTSUPP: stock vfio-pci
@@ -220,24 +234,40 @@ class Intx(_EventfdWaiter):
         return sys.eventfd_read(self._efd)
 
     def unmask(self) -> str:
-        """Unmask after handling the device; returns how: "line", "device" or "kernel"."""
+        """Unmask after handling the device; returns how: "line", "device" or "kernel".
+
+        (The policy setter points `unmask` at the implementation for the policy.)
+        """
+        return self._unmask_kernel()
+
+    def _unmask_state(self) -> str:
         dev = self.device
         sys, fd = dev.sys, dev.fd
-        if self._adaptive:
-            arg = self._state_arg
-            sys.ioctl(fd, _FEATURE, arg)
-            if arg[self._mask_device_at]:
-                # A write of COMMAND unmasks only where the user's INTx Disable changes
-                # (vfio-pci's rule): set it, then clear it, around the byte as it is now.
-                hi = sys.pread(fd, 1, self._cmd_hi_offset)[0] & ~INTX_DISABLE_HI
-                sys.pwrite(fd, bytes([hi | INTX_DISABLE_HI]), self._cmd_hi_offset)
-                sys.pwrite(fd, bytes([hi]), self._cmd_hi_offset)
-                self.counts["device"] += 1
-                return "device"
-            sys.ioctl(fd, _SET_IRQS, self._unmask_arg)
-            self.counts["line"] += 1
-            return "line"
-        sys.ioctl(fd, _SET_IRQS, self._unmask_arg)
+        try:
+            arg, unmask = self._tls.state, self._tls.unmask
+        except AttributeError:
+            arg, unmask = self._thread_args()
+        sys.ioctl(fd, _FEATURE, arg)
+        if arg[self._mask_device_at]:
+            # A write of COMMAND unmasks only where the user's INTx Disable changes
+            # (vfio-pci's rule): set it, then clear it, around the byte as it is now.
+            off = self._cmd_hi_offset
+            hi = sys.pread(fd, 1, off)[0] & ~INTX_DISABLE_HI
+            sys.pwrite(fd, _BYTE[hi | INTX_DISABLE_HI], off)
+            sys.pwrite(fd, _BYTE[hi], off)
+            self.counts["device"] += 1
+            return "device"
+        sys.ioctl(fd, _SET_IRQS, unmask)
+        self.counts["line"] += 1
+        return "line"
+
+    def _unmask_kernel(self) -> str:
+        try:
+            unmask = self._tls.unmask
+        except AttributeError:
+            unmask = self._thread_args()[1]
+        dev = self.device
+        dev.sys.ioctl(dev.fd, _SET_IRQS, unmask)
         self.counts["kernel"] += 1
         return "kernel"
 

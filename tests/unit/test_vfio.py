@@ -632,3 +632,42 @@ def test_iova_allocator_is_thread_safe() -> None:
     for t in threads:
         t.join()
     assert sorted(got) == [0x1000, 0x2000]
+
+
+# -- what QEMU and DPDK use ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_intx_unmask_through_an_eventfd(host: FakeSys, kernel: FakeSyscalls, backend: str) -> None:
+    """Policy "eventfd": ACTION_UNMASK | DATA_EVENTFD once, then one eventfd write per
+    interrupt, no ioctl."""
+    dev = kernel.devices[BDF]
+    with open_dev(host, kernel, backend) as vd:
+        before = kernel.open_fds
+        intx = vd.intx("eventfd")
+        assert dev.unmask_eventfd >= 0 and intx.unmask_eventfd() >= 0
+        for _ in range(3):
+            kernel.fire(dev, 0)
+            assert intx.wait(1) == 1 and dev.masked
+            assert intx.unmask() == "eventfd" and not dev.masked
+        assert dev.unmask_ioctls == 0 and dev.unmask_eventfd_writes == 3
+        assert intx.counts == {"line": 0, "device": 0, "kernel": 0, "eventfd": 3}
+        intx.policy = "kernel"  # and back: the eventfd stays armed until close
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1 and intx.unmask() == "kernel" and dev.unmask_ioctls == 1
+        intx.close()
+        assert kernel.open_fds == before and dev.unmask_eventfd == -1
+        assert vd.intx().counts == {"line": 0, "device": 0, "kernel": 0}
+
+
+def test_intx_unmask_eventfd_refused_closes_it(host: FakeSys, kernel: FakeSyscalls) -> None:
+    with open_dev(host, kernel, "legacy") as vd:
+        before = kernel.open_fds
+        intx = vd.intx()
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.EINVAL)
+        with pytest.raises(VfioError):
+            intx.policy = "eventfd"
+        assert intx.policy == "state" and intx.unmask_eventfd() == -1
+        assert kernel.open_fds == before + 1  # only the trigger's eventfd
+        with pytest.raises(InvalidArgument):
+            vd.intx("bogus")

@@ -46,6 +46,8 @@ class FakeDevice:
     triggers: dict[int, list[int]] = field(default_factory=dict)  # index -> eventfds
     masked: bool = False
     unmask_ioctls: int = 0
+    unmask_eventfd: int = -1  # the real eventfd of ACTION_UNMASK | DATA_EVENTFD, or -1
+    unmask_eventfd_writes: int = 0
     command_writes: list[bytes] = field(default_factory=list)
     resets: int = 0
     bound_iommufd: int | None = None
@@ -180,6 +182,7 @@ class FakeSyscalls:
             os.close(f.obj)  # type: ignore[arg-type]
         if f.kind in ("device", "cdev") and isinstance(f.obj, FakeDevice):
             f.obj.triggers.clear()
+            f.obj.unmask_eventfd = -1
 
     def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         pending = self.failures.get(request)
@@ -462,11 +465,18 @@ class FakeSyscalls:
                     dev.masked = False
             elif hdr.count == 0:
                 dev.triggers.pop(hdr.index, None)
+                if hdr.index == U.VFIO_PCI_INTX_IRQ_INDEX:
+                    dev.unmask_eventfd = -1  # vfio_intx_disable ends the virqfd too
             else:
                 for i in range(hdr.start, hdr.start + hdr.count):
                     fds = dev.triggers.get(hdr.index, [])
                     if i < len(fds) and fds[i] >= 0:
                         os.eventfd_write(fds[i], 1)
+        elif action == U.VFIO_IRQ_SET_ACTION_UNMASK and dtype == U.VFIO_IRQ_SET_DATA_EVENTFD:
+            if hdr.index != U.VFIO_PCI_INTX_IRQ_INDEX or not dev.triggers.get(hdr.index):
+                raise self._oserror("VFIO_DEVICE_SET_IRQS", E.EINVAL)  # INTx not enabled
+            (efd,) = struct.unpack("=i", payload[:4])
+            dev.unmask_eventfd = self._real(efd) if efd >= 0 else -1
         elif action == U.VFIO_IRQ_SET_ACTION_UNMASK:
             dev.unmask_ioctls += 1
             dev.masked = False
@@ -538,7 +548,13 @@ class FakeSyscalls:
         return os.eventfd_read(self._real(fd))
 
     def eventfd_write(self, fd: int, value: int = 1) -> None:
-        os.eventfd_write(self._real(fd), value)
+        real = self._real(fd)
+        for dev in self.devices.values():
+            if dev.unmask_eventfd == real:  # the kernel's virqfd consumes it and unmasks
+                dev.unmask_eventfd_writes += 1
+                dev.masked = False
+                return
+        os.eventfd_write(real, value)
 
     def pollable(self, fd: int) -> int:
         return self._real(fd)

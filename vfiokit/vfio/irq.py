@@ -7,7 +7,8 @@
   clear, which is vfio-pci's own config-space unmask) or at the line
   (``VFIO_DEVICE_SET_IRQS`` ``ACTION_UNMASK``). The kernel makes either safe if the state
   changed in between. On stock vfio-pci the mode is vfio-pci's static choice and the unmask
-  is always the ioctl.
+  is always the ioctl. Policy "eventfd" unmasks as QEMU does: a write to an eventfd the
+  kernel watches (``ACTION_UNMASK`` with ``DATA_EVENTFD``), no ioctl per interrupt.
 * :class:`Vectors` — MSI or MSI-X, one eventfd per vector.
 
 The per-interrupt path does no allocation and no sysfs access: buffers are built once.
@@ -21,7 +22,7 @@ import errno as E
 import threading
 from dataclasses import dataclass
 
-from ..errors import Unsupported, VfiokitError
+from ..errors import InvalidArgument, Unsupported, VfiokitError
 from . import uapi as U
 from .device import Device
 
@@ -57,6 +58,14 @@ class IntxState:
             s.line_count,
             s.device_count,
         )
+
+
+POLICIES = ("state", "kernel", "eventfd")
+
+
+def _check_policy(value: str) -> None:
+    if value not in POLICIES:
+        raise InvalidArgument(f"unknown unmask policy {value!r} ({', '.join(POLICIES)})")
 
 
 class _EventfdWaiter:
@@ -140,7 +149,9 @@ class Intx(_EventfdWaiter):
                 remedy="use MSI or MSI-X",
             )
         self.device = device
-        self.policy = policy
+        _check_policy(policy)
+        self._policy = policy
+        self._ufd = -1  # the unmask eventfd, once policy "eventfd" armed it
         sys = device.sys
         # Blocking: wait() with no time-out is then one read(2), no poll first.
         self.efds = [sys.eventfd(nonblock=False)]
@@ -183,23 +194,54 @@ class Intx(_EventfdWaiter):
         self._mask_device_at = hdr + U.vfiokit_intx_state.mask_device.offset
         self._cmd_hi_offset = device.config.offset + PCI_COMMAND_HI
         self.vfiokit = self._probe_vfiokit()
-        self.policy = policy  # again: the adaptive path needs vfiokit known
         self.counts = {"line": 0, "device": 0, "kernel": 0}
+        self.policy = policy  # after the trigger is armed: "eventfd" needs INTx enabled
 
     @property
     def policy(self) -> str:
         """ "state": read vfiokit-pci's state and unmask at the device or the line;
-        "kernel": one unmask ioctl, vfiokit-pci (or vfio-pci) picks."""
+        "kernel": one unmask ioctl, vfiokit-pci (or vfio-pci) picks;
+        "eventfd": one eventfd write, the kernel unmasks as for the ioctl (armed the first
+        time this policy is chosen; it counts under "eventfd")."""
         return self._policy
 
     @policy.setter
     def policy(self, value: str) -> None:
-        if value not in ("state", "kernel"):
-            raise VfiokitError(f"unknown unmask policy {value!r} (state or kernel)")
+        _check_policy(value)
+        if value == "eventfd" and self._ufd < 0:
+            self._arm_unmask_eventfd()
         self._policy = value
         # The unmask path is chosen here, once, not tested on every interrupt.
-        adaptive = value == "state" and self.vfiokit
-        self.unmask = self._unmask_state if adaptive else self._unmask_kernel  # type: ignore[method-assign]
+        if value == "eventfd":
+            self.unmask = self._unmask_eventfd  # type: ignore[method-assign]
+        elif value == "state" and self.vfiokit:
+            self.unmask = self._unmask_state  # type: ignore[method-assign]
+        else:
+            self.unmask = self._unmask_kernel  # type: ignore[method-assign]
+
+    def _arm_unmask_eventfd(self) -> None:
+        """VFIO_IRQ_SET_ACTION_UNMASK | DATA_EVENTFD: the kernel unmasks INTx whenever
+        the eventfd is written (its virqfd), as QEMU's KVM path does."""
+        sys = self.device.sys
+        ufd = sys.eventfd()
+        try:
+            self.device.set_irqs(
+                U.VFIO_PCI_INTX_IRQ_INDEX,
+                U.VFIO_IRQ_SET_DATA_EVENTFD | U.VFIO_IRQ_SET_ACTION_UNMASK,
+                0,
+                1,
+                eventfds=[ufd],
+            )
+        except BaseException:
+            sys.close(ufd)
+            raise
+        self._ufd = ufd
+        self.counts.setdefault("eventfd", 0)
+
+    def unmask_eventfd(self) -> int:
+        """The eventfd whose write unmasks INTx (policy "eventfd" arms it), for a loop
+        that writes it itself; -1 if not armed."""
+        return self._ufd
 
     def _thread_args(self) -> tuple[bytearray, bytearray]:
         """This thread's (state, unmask) ioctl buffers, made on its first use."""
@@ -261,6 +303,11 @@ class Intx(_EventfdWaiter):
         self.counts["line"] += 1
         return "line"
 
+    def _unmask_eventfd(self) -> str:
+        self.device.sys.eventfd_write(self._ufd, 1)
+        self.counts["eventfd"] += 1
+        return "eventfd"
+
     def _unmask_kernel(self) -> str:
         try:
             unmask = self._tls.unmask
@@ -295,7 +342,14 @@ class Intx(_EventfdWaiter):
 
     def _release(self) -> BaseException | None:
         self._efd = -1  # wait() after close: EBADF, not a read on a reused fd number
-        return super()._release()
+        first = super()._release()  # disabling INTx also ends the unmask eventfd's use
+        if self._ufd >= 0:
+            ufd, self._ufd = self._ufd, -1
+            try:
+                self.device.sys.close(ufd)
+            except BaseException as exc:
+                first = first or exc
+        return first
 
 
 class Vectors(_EventfdWaiter):

@@ -671,3 +671,56 @@ def test_intx_unmask_eventfd_refused_closes_it(host: FakeSys, kernel: FakeSyscal
         assert kernel.open_fds == before + 1  # only the trigger's eventfd
         with pytest.raises(InvalidArgument):
             vd.intx("bogus")
+
+
+def test_device_feature_set_and_probe(host: FakeSys, kernel: FakeSyscalls) -> None:
+    from vfiokit.vfio.fake import FakeFeature
+
+    dev = kernel.devices[BDF]
+    dev.features[7] = FakeFeature(data=bytearray(b"\x01\x02\x03\x04"))
+    dev.features[8] = FakeFeature(set=False, data=bytearray(4))
+    with open_dev(host, kernel, "iommufd") as vd:
+        d = vd.device
+        assert d.feature_probe(7) and d.feature_probe(7, get=True, set=True)
+        assert d.feature_probe(8, get=True) and not d.feature_probe(8, set=True)
+        assert not d.feature_probe(9)  # unknown: ENOTTY
+        assert d.feature_get(7, 4) == b"\x01\x02\x03\x04"
+        d.feature_set(7, b"\xaa\xbb\xcc\xdd")
+        assert dev.features[7].data == b"\xaa\xbb\xcc\xdd"
+        assert d.feature_get(7, 4) == b"\xaa\xbb\xcc\xdd"
+        with pytest.raises(VfioError) as info:
+            d.feature_set(8, b"\0\0\0\0")
+        assert info.value.errno == errno.EINVAL
+        with pytest.raises(Unsupported):
+            d.feature_set(9, b"")  # ENOTTY
+        with pytest.raises(InvalidArgument):
+            d.feature_probe(0x10000)  # would spill into the GET/SET/PROBE bits
+
+
+def test_region_type_capability(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", sparse=[(0, 0x1000), (0x3000, 0xFD000)])
+    opregion = (U.REGION_TYPE_PCI_VENDOR | 0x8086, U.VFIO_REGION_SUBTYPE_INTEL_IGD_OPREGION)
+    kernel.add_region(dev, U.VFIO_PCI_NUM_REGIONS, 0x2000, type=opregion)
+    kernel.add_region(dev, U.VFIO_PCI_NUM_REGIONS + 1, 0x1000, type=(U.VFIO_REGION_TYPE_GFX, 1))
+    with open_dev(host, kernel, "legacy") as vd:
+        d = vd.device
+        assert d.info.num_regions == U.VFIO_PCI_NUM_REGIONS + 2
+        assert d.bar(0).type is None and d.bar(0).areas() == [(0, 0x1000), (0x3000, 0xFD000)]
+        region = d.find_region(*opregion)
+        assert region is not None and region.index == U.VFIO_PCI_NUM_REGIONS
+        assert region.size == 0x2000 and region.read(0, 4) == 0
+        gfx = d.find_region(U.VFIO_REGION_TYPE_GFX, 1)
+        assert gfx is not None and gfx.type == (U.VFIO_REGION_TYPE_GFX, 1)
+        assert d.find_region(U.VFIO_REGION_TYPE_CCW, 1) is None
+
+
+def test_region_with_sparse_and_type_caps(host: FakeSys) -> None:
+    """Two capabilities chained: both found."""
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", sparse=[(0, 0x1000)])
+    dev.regions[0].type = (U.REGION_TYPE_PCI_VENDOR | 0x1234, 5)
+    with open_dev(host, kernel, "legacy") as vd:
+        bar0 = vd.device.bar(0)
+        assert bar0.areas() == [(0, 0x1000)]
+        assert bar0.type == (U.REGION_TYPE_PCI_VENDOR | 0x1234, 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno as E
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -20,6 +21,12 @@ PAGE = mmap.PAGESIZE
 def _fd_array(fds: list[int]) -> bytes:
     """An array of s32 fds in native byte order, as the kernel reads it."""
     return struct.pack(f"={len(fds)}i", *fds)
+
+
+def _feature(feature: int) -> int:
+    if not 0 <= feature <= U.VFIO_DEVICE_FEATURE_MASK:
+        raise InvalidArgument(f"device feature {feature:#x} is not a 16-bit index")
+    return feature
 
 
 class ClosedError(VfiokitError):
@@ -52,6 +59,7 @@ class Region:
     size: int
     offset: int
     sparse: list[tuple[int, int]] | None = None  # mmap-able (offset, size) areas
+    type: tuple[int, int] | None = None  # (type, subtype) of VFIO_REGION_INFO_CAP_TYPE
     _maps: list[mmap.mmap] = field(default_factory=list)
 
     @property
@@ -206,8 +214,13 @@ class Device:
             self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, buf)
             info = U.vfio_region_info.parse(buf)
         sparse = None
+        rtype = None
         if info.flags & U.VFIO_REGION_INFO_FLAG_CAPS:
             caps = _parse_caps(buf, info.cap_offset)
+            toff = caps.get(U.VFIO_REGION_INFO_CAP_TYPE)
+            if toff is not None:
+                t = U.vfio_region_info_cap_type.parse(buf, toff)
+                rtype = (t.type, t.subtype)
             off = caps.get(U.VFIO_REGION_INFO_CAP_SPARSE_MMAP)
             if off is not None:
                 cap = U.vfio_region_info_cap_sparse_mmap.parse(buf, off)
@@ -217,9 +230,19 @@ class Device:
                 for i in range(cap.nr_areas):
                     a = U.vfio_region_sparse_mmap_area.parse(buf, base + i * step)
                     sparse.append((a.offset, a.size))
-        region = Region(self, index, info.flags, info.size, info.offset, sparse)
+        region = Region(self, index, info.flags, info.size, info.offset, sparse, rtype)
         self._regions[index] = region
         return region
+
+    def find_region(self, type: int, subtype: int) -> Region | None:
+        """The device-specific region of that type (VFIO_REGION_INFO_CAP_TYPE): e.g.
+        (REGION_TYPE_PCI_VENDOR | 0x8086, VFIO_REGION_SUBTYPE_INTEL_IGD_OPREGION); None
+        if the device has none."""
+        for index in range(U.VFIO_PCI_NUM_REGIONS, self.info.num_regions):
+            region = self.region(index)
+            if region.type == (type, subtype):
+                return region
+        return None
 
     def bar(self, n: int) -> Region:
         if not 0 <= n <= 5:
@@ -310,10 +333,37 @@ class Device:
     def feature_get(self, feature: int, size: int) -> bytes:
         """VFIO_DEVICE_FEATURE GET of `size` bytes of payload."""
         self._live()
-        hdr = U.vfio_device_feature.new(size, flags=feature | U.VFIO_DEVICE_FEATURE_GET)
+        hdr = U.vfio_device_feature.new(size, flags=_feature(feature) | U.VFIO_DEVICE_FEATURE_GET)
         buf = hdr.to_bytes() + bytearray(size)
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_FEATURE, buf)
         return bytes(buf[ctypes.sizeof(hdr) :])
+
+    def feature_set(self, feature: int, data: bytes = b"") -> None:
+        """VFIO_DEVICE_FEATURE SET with `data` as the payload."""
+        self._live()
+        hdr = U.vfio_device_feature.new(
+            len(data), flags=_feature(feature) | U.VFIO_DEVICE_FEATURE_SET
+        )
+        self.sys.ioctl(self.fd, U.VFIO_DEVICE_FEATURE, hdr.to_bytes() + data)
+
+    def feature_probe(self, feature: int, *, get: bool = False, set: bool = False) -> bool:
+        """VFIO_DEVICE_FEATURE PROBE: does the device have `feature`, with GET and/or SET
+        where asked? False for an unknown feature (ENOTTY) or an unsupported operation
+        (EINVAL); other errors are raised."""
+        self._live()
+        flags = _feature(feature) | U.VFIO_DEVICE_FEATURE_PROBE
+        flags |= (U.VFIO_DEVICE_FEATURE_GET if get else 0) | (
+            U.VFIO_DEVICE_FEATURE_SET if set else 0
+        )
+        try:
+            self.sys.ioctl(
+                self.fd, U.VFIO_DEVICE_FEATURE, U.vfio_device_feature.new(flags=flags).to_bytes()
+            )
+        except VfiokitError as exc:
+            if exc.errno in (E.ENOTTY, E.EINVAL, E.EOPNOTSUPP):
+                return False
+            raise
+        return True
 
     def close(self) -> None:
         """Close the device fd and drop the regions' mmaps; a second close does nothing.

@@ -31,6 +31,16 @@ class FakeRegion:
     size: int
     data: bytearray
     sparse: list[tuple[int, int]] | None = None
+    type: tuple[int, int] | None = None  # VFIO_REGION_INFO_CAP_TYPE (type, subtype)
+
+
+@dataclass
+class FakeFeature:
+    """A VFIO_DEVICE_FEATURE the device answers: GET returns `data`, SET replaces it."""
+
+    get: bool = True
+    set: bool = True
+    data: bytearray = field(default_factory=bytearray)
 
 
 @dataclass
@@ -50,6 +60,7 @@ class FakeDevice:
     unmask_eventfd_writes: int = 0
     command_writes: list[bytes] = field(default_factory=list)
     resets: int = 0
+    features: dict[int, FakeFeature] = field(default_factory=dict)
     bound_iommufd: int | None = None
     attached_ioas: int | None = None
 
@@ -357,7 +368,7 @@ class FakeSyscalls:
             flags = U.VFIO_DEVICE_FLAGS_PCI | (U.VFIO_DEVICE_FLAGS_RESET if dev.can_reset else 0)
             buf[:24] = bytes(
                 U.vfio_device_info(
-                    argsz=24, flags=flags, num_regions=U.VFIO_PCI_NUM_REGIONS, num_irqs=5
+                    argsz=24, flags=flags, num_regions=self._num_regions(dev), num_irqs=5
                 )
             )
             return 0
@@ -380,9 +391,33 @@ class FakeSyscalls:
             dev.resets += 1
             return 0
         if req == U.VFIO_DEVICE_FEATURE:
-            hdr = U.vfio_device_feature.parse(buf)
-            if (hdr.flags & 0xFFFF) != U.VFIOKIT_DEVICE_FEATURE_INTX_STATE or not dev.vfiokit:
-                raise self._oserror("VFIO_DEVICE_FEATURE", E.ENOTTY)
+            return self._feature(dev, buf)
+        raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
+
+    def add_region(
+        self, dev: FakeDevice, index: int, size: int, type: tuple[int, int] | None = None
+    ) -> FakeRegion:
+        """A device-specific region (index >= VFIO_PCI_NUM_REGIONS), readable."""
+        r = FakeRegion(U.VFIO_REGION_INFO_FLAG_READ, size, bytearray(size), type=type)
+        dev.regions[index] = r
+        return r
+
+    def _feature(self, dev: FakeDevice, buf: bytearray) -> int:
+        """vfio_check_feature()'s rules: GET or SET (PROBE: either or none), argsz
+        covering the payload, ENOTTY for a feature the device lacks, EINVAL for an
+        operation it lacks."""
+        hdr = U.vfio_device_feature.parse(buf)
+        feature = hdr.flags & U.VFIO_DEVICE_FEATURE_MASK
+        get = bool(hdr.flags & U.VFIO_DEVICE_FEATURE_GET)
+        set_ = bool(hdr.flags & U.VFIO_DEVICE_FEATURE_SET)
+        probe = bool(hdr.flags & U.VFIO_DEVICE_FEATURE_PROBE)
+        if hdr.argsz < 8 or (get and set_ and not probe):
+            raise self._oserror("VFIO_DEVICE_FEATURE", E.EINVAL)
+        if feature == U.VFIOKIT_DEVICE_FEATURE_INTX_STATE and dev.vfiokit:
+            if set_:
+                raise self._oserror("VFIO_DEVICE_FEATURE", E.EINVAL)
+            if probe:
+                return 0
             st = U.vfiokit_intx_state(
                 version=1,
                 mode=U.VFIOKIT_INTX_ADAPTIVE,
@@ -392,50 +427,65 @@ class FakeSyscalls:
             )
             buf[8 : 8 + ctypes.sizeof(st)] = bytes(st)
             return 0
-        raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
+        f = dev.features.get(feature)
+        if f is None:
+            raise self._oserror("VFIO_DEVICE_FEATURE", E.ENOTTY)
+        if (get and not f.get) or (set_ and not f.set) or not (get or set_ or probe):
+            raise self._oserror("VFIO_DEVICE_FEATURE", E.EINVAL)
+        if probe:
+            return 0
+        if get:
+            if hdr.argsz < 8 + len(f.data):
+                raise self._oserror("VFIO_DEVICE_FEATURE", E.EINVAL)
+            buf[8 : 8 + len(f.data)] = f.data
+        else:
+            f.data[:] = buf[8 : hdr.argsz]
+        return 0
 
     def _region_info(self, dev: FakeDevice, buf: bytearray) -> int:
         info = U.vfio_region_info.parse(buf)
-        if info.index >= U.VFIO_PCI_NUM_REGIONS:
+        if info.index >= self._num_regions(dev):
             raise self._oserror("VFIO_DEVICE_GET_REGION_INFO", E.EINVAL)
         r = dev.regions.get(info.index)
         size, flags = (r.size, r.flags) if r else (0, 0)
         base = ctypes.sizeof(U.vfio_region_info)
-        need = base
+        hsize = ctypes.sizeof(U.vfio_info_cap_header)
+        caps: list[tuple[int, bytes]] = []  # (cap id, its body after the header)
         if r and r.sparse is not None:
+            body = bytes(U.vfio_region_info_cap_sparse_mmap(nr_areas=len(r.sparse)))[hsize:]
+            for o, sz in r.sparse:
+                body += bytes(U.vfio_region_sparse_mmap_area(offset=o, size=sz))
+            caps.append((U.VFIO_REGION_INFO_CAP_SPARSE_MMAP, body))
+        if r and r.type is not None:
+            caps.append((U.VFIO_REGION_INFO_CAP_TYPE, struct.pack("=II", *r.type)))
+        need = base + sum(hsize + len(body) for _, body in caps)
+        if caps:
             flags |= U.VFIO_REGION_INFO_FLAG_CAPS
-            need += ctypes.sizeof(U.vfio_region_info_cap_sparse_mmap)
-            need += len(r.sparse) * ctypes.sizeof(U.vfio_region_sparse_mmap_area)
-        offset = info.index << REGION_SHIFT
-        if info.argsz < need:
-            buf[:base] = bytes(
-                U.vfio_region_info(
-                    argsz=need, flags=flags, index=info.index, size=size, offset=offset
-                )
-            )
-            return 0
-        cap_off = base if need > base else 0
+        fits = info.argsz >= need
         buf[:base] = bytes(
             U.vfio_region_info(
                 argsz=need,
                 flags=flags,
                 index=info.index,
-                cap_offset=cap_off,
+                cap_offset=base if caps and fits else 0,
                 size=size,
-                offset=offset,
+                offset=info.index << REGION_SHIFT,
             )
         )
-        if cap_off and r and r.sparse is not None:
-            hdr = U.vfio_info_cap_header(id=U.VFIO_REGION_INFO_CAP_SPARSE_MMAP, version=1)
-            cap = U.vfio_region_info_cap_sparse_mmap(header=hdr, nr_areas=len(r.sparse))
-            pos = base + ctypes.sizeof(cap)
-            buf[base:pos] = bytes(cap)
-            step = ctypes.sizeof(U.vfio_region_sparse_mmap_area)
-            for i, (o, s) in enumerate(r.sparse):
-                buf[pos + i * step : pos + (i + 1) * step] = bytes(
-                    U.vfio_region_sparse_mmap_area(offset=o, size=s)
+        if fits:
+            pos = base
+            for i, (cap_id, body) in enumerate(caps):
+                end = pos + hsize + len(body)
+                hdr = U.vfio_info_cap_header(
+                    id=cap_id, version=1, next=end if i + 1 < len(caps) else 0
                 )
+                buf[pos:end] = bytes(hdr) + body
+                pos = end
         return 0
+
+    @staticmethod
+    def _num_regions(dev: FakeDevice) -> int:
+        return max(U.VFIO_PCI_NUM_REGIONS, max(dev.regions) + 1)
 
     def _set_irqs(self, dev: FakeDevice, data: bytes) -> int:
         hdr = U.vfio_irq_set.parse(data)

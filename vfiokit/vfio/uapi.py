@@ -67,7 +67,15 @@ VFIO_REGION_INFO_FLAG_WRITE = 1 << 1
 VFIO_REGION_INFO_FLAG_MMAP = 1 << 2
 VFIO_REGION_INFO_FLAG_CAPS = 1 << 3
 VFIO_REGION_INFO_CAP_SPARSE_MMAP = 1
+VFIO_REGION_INFO_CAP_TYPE = 2
 VFIO_REGION_INFO_CAP_MSIX_MAPPABLE = 3
+# Region types (VFIO_REGION_INFO_CAP_TYPE). The kernel's VFIO_REGION_TYPE_PCI_VENDOR_TYPE
+# is the C int (1 << 31), negative there: ours has another name and the u32 value.
+REGION_TYPE_PCI_VENDOR = 1 << 31
+VFIO_REGION_TYPE_PCI_VENDOR_MASK = 0xFFFF
+VFIO_REGION_TYPE_GFX = 1
+VFIO_REGION_TYPE_CCW = 2
+VFIO_REGION_SUBTYPE_INTEL_IGD_OPREGION = 1
 
 VFIO_IRQ_INFO_EVENTFD = 1 << 0
 VFIO_IRQ_INFO_MASKABLE = 1 << 1
@@ -87,6 +95,7 @@ VFIO_IOMMU_INFO_PGSIZES = 1 << 0
 VFIO_IOMMU_INFO_CAPS = 1 << 1
 VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1
 
+VFIO_DEVICE_FEATURE_MASK = 0xFFFF
 VFIO_DEVICE_FEATURE_GET = 1 << 16
 VFIO_DEVICE_FEATURE_SET = 1 << 17
 VFIO_DEVICE_FEATURE_PROBE = 1 << 18
@@ -180,6 +189,14 @@ class vfio_region_info_cap_sparse_mmap(_S):
         ("header", vfio_info_cap_header),
         ("nr_areas", C.c_uint32),
         ("reserved", C.c_uint32),
+    ]
+
+
+class vfio_region_info_cap_type(_S):
+    _fields_ = [
+        ("header", vfio_info_cap_header),
+        ("type", C.c_uint32),
+        ("subtype", C.c_uint32),
     ]
 
 

@@ -19,3 +19,10 @@ def test_typer_floor_excludes_broken_releases() -> None:
         assert not typer.specifier.contains(broken), broken
     for good in ("0.15.4", "0.16.0", "0.28.0"):
         assert typer.specifier.contains(good), good
+
+
+def test_the_package_ships_its_types() -> None:
+    """PEP 561: py.typed is in the package and in its package data."""
+    data = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in data["vfiokit"]
+    assert (PYPROJECT.parent / "vfiokit" / "py.typed").exists()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import ctypes
 import errno as E
 import mmap
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import pciconfig
 from ..errors import Busy, InvalidArgument, Unsupported, VfiokitError
@@ -93,7 +95,8 @@ class Region:
         data = self.device.sys.pread(self.device.fd, width, self.offset + off)
         if len(data) != width:
             raise VfiokitError(f"region {self.index}: short read at {off:#x}")
-        return struct.unpack(_FMT[width], data)[0]
+        value: int = struct.unpack(_FMT[width], data)[0]
+        return value
 
     def write(self, off: int, value: int, width: int = 4) -> None:
         self._check(off, width)
@@ -135,14 +138,17 @@ class Region:
         self._maps.append(m)
         return memoryview(m)
 
-    def mmap_array(self, ctype: type = ctypes.c_uint32, area: int = 0) -> ctypes.Array:
+    def mmap_array(
+        self, ctype: builtins.type[Any] = ctypes.c_uint32, area: int = 0
+    ) -> ctypes.Array[Any]:
         """Map one mmap-able area as a ctypes array of `ctype` (registers as fields).
 
         A ctypes structure type works too: ``region.mmap_array(MyRegs)[0].status``.
         """
         view = self.mmap(area)
         count = len(view) // ctypes.sizeof(ctype)
-        return (ctype * count).from_buffer(self._maps[-1])
+        array: ctypes.Array[Any] = (ctype * count).from_buffer(self._maps[-1])
+        return array
 
     def close(self) -> None:
         """Drop every mmap of the region. One still exported (a memoryview or ctypes array

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Busy, InvalidArgument, VfiokitError
 from .iommu import DmaSpace, IovaRange
-from .sys import VfioError
+from .sys import Syscalls, VfioError
 
 PAGE = mmap.PAGESIZE
 
@@ -80,7 +80,7 @@ class DmaBuffer:
     def __init__(
         self,
         space: DmaSpace,
-        sys,
+        sys: Syscalls,
         allocator: IovaAllocator,
         size: int,
         *,

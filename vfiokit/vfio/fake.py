@@ -18,6 +18,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
+from mmap import mmap as Mmap
 
 from . import uapi as U
 from .sys import VfioError, _ioctl_name, error, error_for, poll_readable
@@ -201,7 +202,8 @@ class FakeSyscalls:
             raise self._oserror(_ioctl_name(request), pending.pop(0))
         f = self._get(fd)
         handler = getattr(self, f"_ioctl_{f.kind}")
-        return handler(f, request, arg)
+        rc: int = handler(f, request, arg)
+        return rc
 
     def _ioctl_container(self, f: _Fd, req: int, arg: int | bytearray) -> int:
         if req == U.VFIO_GET_API_VERSION:
@@ -305,14 +307,14 @@ class FakeSyscalls:
         if req == U.VFIO_GROUP_GET_DEVICE_FD:
             if group not in self.container_groups or not self.iommu_set:
                 raise self._oserror("VFIO_GROUP_GET_DEVICE_FD", E.EINVAL)
-            name = bytes(arg).split(b"\0", 1)[0].decode()  # type: ignore[arg-type]
+            name = bytes(arg).split(b"\0", 1)[0].decode()
             dev = self.devices.get(name)
             if dev is None or dev.group != group:
                 raise self._oserror("VFIO_GROUP_GET_DEVICE_FD", E.ENODEV)
             return self._new("device", dev)
         raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
 
-    def _ioctl_iommufd(self, f: _Fd, req: int, arg: bytearray) -> int:  # type: ignore[override]
+    def _ioctl_iommufd(self, f: _Fd, req: int, arg: bytearray) -> int:
         if req == U.IOMMU_IOAS_ALLOC:
             a = U.iommu_ioas_alloc.parse(arg)
             a.out_ioas_id = self.ioas_next
@@ -328,8 +330,8 @@ class FakeSyscalls:
                 arg[: ctypes.sizeof(r)] = bytes(r)
                 raise self._oserror("IOMMU_IOAS_IOVA_RANGES", E.EMSGSIZE)
             out = (U.iommu_iova_range * n).from_address(r.allowed_iovas)
-            for i, (a, b) in enumerate(self.iova_ranges):
-                out[i].start, out[i].last = a, b
+            for i, (first, last) in enumerate(self.iova_ranges):
+                out[i].start, out[i].last = first, last
             r.num_iovas = n
             arg[: ctypes.sizeof(r)] = bytes(r)
             return 0
@@ -535,8 +537,8 @@ class FakeSyscalls:
         return 0
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
-        dev = self._get(fd, "device", "cdev").obj
-        r = dev.regions.get(offset >> REGION_SHIFT)  # type: ignore[union-attr]
+        dev: FakeDevice = self._get(fd, "device", "cdev").obj  # type: ignore[assignment]
+        r = dev.regions.get(offset >> REGION_SHIFT)
         off = offset & ((1 << REGION_SHIFT) - 1)
         if r is None or off >= r.size:
             raise self._oserror("pread", E.EINVAL)
@@ -560,7 +562,7 @@ class FakeSyscalls:
                 dev.masked = disabled
         return len(data)
 
-    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> mmap.mmap:
+    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> Mmap:
         dev: FakeDevice = self._get(fd, "device", "cdev").obj  # type: ignore[assignment]
         r = dev.regions.get(offset >> REGION_SHIFT)
         off = offset & ((1 << REGION_SHIFT) - 1)
@@ -575,10 +577,10 @@ class FakeSyscalls:
         m[:] = bytes(r.data[off : off + length])
         return m
 
-    def anon_mmap(self, length: int) -> mmap.mmap:
+    def anon_mmap(self, length: int) -> Mmap:
         return mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
-    def address_of(self, buf: mmap.mmap) -> int:
+    def address_of(self, buf: Mmap) -> int:
         return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
     def eventfd(self, nonblock: bool = True) -> int:

@@ -109,7 +109,7 @@ class Container:
         info, _ = self._info()
         if not info.flags & U.VFIO_IOMMU_INFO_PGSIZES or not info.iova_pgsizes:
             return PAGE
-        return max(PAGE, info.iova_pgsizes & -info.iova_pgsizes)
+        return max(PAGE, int(info.iova_pgsizes & -info.iova_pgsizes))
 
     def _info(self) -> tuple[U.vfio_iommu_type1_info, bytearray]:
         info = U.vfio_iommu_type1_info.new()
@@ -192,7 +192,7 @@ class IommuFd:
     def iova_alignment(self) -> int:
         """out_iova_alignment (at least a CPU page): every mapping's IOVA and size are
         multiples of it. It can grow as devices attach: ask after attaching them."""
-        return max(PAGE, self._count().out_iova_alignment)
+        return max(PAGE, int(self._count().out_iova_alignment))
 
     def iova_ranges(self) -> list[IovaRange]:
         count = self._count().num_iovas

@@ -10,6 +10,7 @@ VFIO device cdev, and own everything that comes with it until close().
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from ..address import PciAddress
 from ..errors import InvalidArgument, NotFound, Unsupported
@@ -23,6 +24,13 @@ from .irq import Intx, Vectors
 from .sys import RealSyscalls, Syscalls
 
 BACKENDS = ("auto", "legacy", "iommufd")
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closeable)
 
 
 def _cdev_name(sysroot: SysRoot, bdf: str) -> str | None:
@@ -69,10 +77,9 @@ class VfioDevice:
             raise NotFound(f"no PCI device {self.address}", remedy="see `vfiokit list`")
         self.backend = choose_backend(self.sysroot, self.address, backend)
         self._undo: list[Callable[[], None]] = []
-        self._owned: dict[int, object] = {}  # id -> object, in order of creation
-        self.device: Device | None = None
+        self._owned: dict[int, _Closeable] = {}  # id -> object, in order of creation
         try:
-            self.dma = self._open_backend(base)
+            self.dma, self.device = self._open_backend(base)
             align = self.dma.iova_alignment()
             self.allocator = IovaAllocator(
                 self.dma.iova_ranges(), limit=dma_limit, align=align, reserve_low=align
@@ -81,7 +88,7 @@ class VfioDevice:
             self.close()
             raise
 
-    def _open_backend(self, base: str) -> DmaSpace:
+    def _open_backend(self, base: str) -> tuple[DmaSpace, Device]:
         sys = self.sys
         if self.backend == "legacy":
             group = self.sysroot.link_name(f"{base}/iommu_group")
@@ -92,9 +99,9 @@ class VfioDevice:
             grp = Group.open(sys, group, container, lambda: self._blockers(group))
             self._undo.append(grp.close)
             fd = grp.device_fd(self.address)
-            self.device = Device(sys, fd, self.address)
-            self._undo.append(self.device.close)
-            return container
+            device = Device(sys, fd, self.address)
+            self._undo.append(device.close)
+            return container, device
         iommufd = IommuFd.open(sys)
         self._undo.append(iommufd.close)
         cdev = _cdev_name(self.sysroot, self.address)
@@ -107,15 +114,15 @@ class VfioDevice:
         except BaseException:
             sys.close(fd)
             raise
-        self.device = Device(sys, fd, self.address)
-        self._undo.append(self.device.close)
-        return iommufd
+        device = Device(sys, fd, self.address)
+        self._undo.append(device.close)
+        return iommufd, device
 
     def _blockers(self, group: str) -> list[str]:
         return [f"{m.address} is {why}" for m, why in read_group(self.sysroot, group).blockers()]
 
     # -- things made from the device, closed with it ----------------------------------------
-    def _own(self, obj):
+    def _own(self, obj: _C) -> _C:
         self._owned[id(obj)] = obj
         return obj
 
@@ -151,7 +158,7 @@ class VfioDevice:
         errors: list[BaseException] = []
         for obj in reversed(list(self._owned.values())):
             try:
-                obj.close()  # type: ignore[attr-defined]
+                obj.close()
             except BaseException as exc:  # keep closing the rest
                 errors.append(exc)
         self._owned.clear()
@@ -170,7 +177,7 @@ class VfioDevice:
         self.close()
 
 
-def open_device(address: str, **kwargs) -> VfioDevice:
+def open_device(address: str, **kwargs: Any) -> VfioDevice:
     return VfioDevice(address, **kwargs)
 
 

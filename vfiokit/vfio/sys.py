@@ -17,6 +17,7 @@ import math
 import mmap
 import os
 import select
+from mmap import mmap as Mmap
 from typing import Protocol
 
 from ..errors import Busy, NotFound, PermissionDenied, Unsupported, VfiokitError
@@ -110,9 +111,9 @@ class Syscalls(Protocol):
     def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int: ...
     def pread(self, fd: int, size: int, offset: int) -> bytes: ...
     def pwrite(self, fd: int, data: bytes, offset: int) -> int: ...
-    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> mmap.mmap: ...
-    def anon_mmap(self, length: int) -> mmap.mmap: ...
-    def address_of(self, buf: mmap.mmap) -> int: ...
+    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> Mmap: ...
+    def anon_mmap(self, length: int) -> Mmap: ...
+    def address_of(self, buf: Mmap) -> int: ...
     def eventfd(self, nonblock: bool = True) -> int: ...
     def eventfd_read(self, fd: int) -> int: ...
     def eventfd_read_blocking(self, fd: int) -> int: ...
@@ -146,7 +147,8 @@ class RealSyscalls:
             if isinstance(arg, bytearray):
                 if len(arg) == 0:
                     arg = bytearray(1)
-                return fcntl.ioctl(fd, request, arg, True)
+                rc: int = fcntl.ioctl(fd, request, arg, True)
+                return rc
             return fcntl.ioctl(fd, request, arg)
         except OSError as exc:
             raise error(_ioctl_name(request), exc) from exc
@@ -163,20 +165,20 @@ class RealSyscalls:
         except OSError as exc:
             raise error("pwrite", exc) from exc
 
-    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> mmap.mmap:
+    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> Mmap:
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         try:
             return mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset)
         except OSError as exc:
             raise error("mmap", exc) from exc
 
-    def anon_mmap(self, length: int) -> mmap.mmap:
+    def anon_mmap(self, length: int) -> Mmap:
         try:
             return mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         except OSError as exc:
             raise error("mmap", exc) from exc
 
-    def address_of(self, buf: mmap.mmap) -> int:
+    def address_of(self, buf: Mmap) -> int:
         return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
     def eventfd(self, nonblock: bool = True) -> int:

@@ -4,7 +4,7 @@ machine without VFIO): no root, no /dev/vfio.
 
     fake = FakeSyscalls()
     dev = fake.add_device("0000:00:04.0", group="3", cdev="vfio0")
-    vd = VfioDevice("0000:00:04.0", sys=fake, sysroot=fake_sysroot)
+    vd = VfioDevice("0000:00:04.0", sys=fake, sysroot=fake.sysroot(tmpdir))
     fake.fire(dev, 0)            # the device raises INTx: its eventfd is signalled
 
 Errors can be injected per ioctl: ``fake.fail(uapi.VFIO_SET_IOMMU, errno.EPERM)``.
@@ -19,7 +19,9 @@ import os
 import struct
 from dataclasses import dataclass, field
 from mmap import mmap as Mmap
+from pathlib import Path
 
+from ..sysroot import SysRoot
 from . import uapi as U
 from .sys import VfioError, _ioctl_name, error, error_for, poll_readable
 
@@ -144,6 +146,30 @@ class FakeSyscalls:
         fds = dev.triggers.get(index, [])
         if vector < len(fds) and fds[vector] >= 0:
             os.eventfd_write(fds[vector], 1)
+
+    def sysroot(self, root: str | os.PathLike[str]) -> SysRoot:
+        """The least sysfs and /dev the session needs for the devices added so far, laid
+        out under `root` as the kernel lays them out (a richer fake host for the CLI and
+        the host model: tests/fakesys.py)."""
+        top = Path(root)
+        for dev in self.devices.values():
+            d = top / "sys/devices/pci0000:00" / dev.address
+            d.mkdir(parents=True, exist_ok=True)
+            if dev.cdev is not None:
+                (d / "vfio-dev" / dev.cdev).mkdir(parents=True, exist_ok=True)
+            g = top / "sys/kernel/iommu_groups" / dev.group / "devices"
+            g.mkdir(parents=True, exist_ok=True)
+            for link, target in (
+                (top / "sys/bus/pci/devices" / dev.address, d),
+                (d / "iommu_group", g.parent),
+                (g / dev.address, d),
+            ):
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.is_symlink():
+                    link.symlink_to(os.path.relpath(target, link.parent))
+        (top / "dev").mkdir(parents=True, exist_ok=True)
+        (top / "dev/iommu").touch()
+        return SysRoot(top)
 
     @property
     def open_fds(self) -> int:

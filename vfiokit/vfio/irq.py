@@ -194,7 +194,8 @@ class Intx(_EventfdWaiter):
         self._mask_device_at = hdr + U.vfiokit_intx_state.mask_device.offset
         self._cmd_hi_offset = device.config.offset + PCI_COMMAND_HI
         self.vfiokit = self._probe_vfiokit()
-        self.counts = {"line": 0, "device": 0, "kernel": 0}
+        self._n_line = self._n_device = self._n_kernel = self._n_eventfd = 0
+        self._ioctl = device.sys.ioctl  # bound once: the per-interrupt path looks up less
         self.policy = policy  # after the trigger is armed: "eventfd" needs INTx enabled
 
     @property
@@ -236,7 +237,15 @@ class Intx(_EventfdWaiter):
             sys.close(ufd)
             raise
         self._ufd = ufd
-        self.counts.setdefault("eventfd", 0)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Unmasks so far by how: "line", "device", "kernel" (and "eventfd" once that
+        policy was chosen). A snapshot: plain int counters on the per-interrupt path."""
+        out = {"line": self._n_line, "device": self._n_device, "kernel": self._n_kernel}
+        if self._ufd >= 0 or self._n_eventfd:
+            out["eventfd"] = self._n_eventfd
+        return out
 
     def unmask_eventfd(self) -> int:
         """The eventfd whose write unmasks INTx (policy "eventfd" arms it), for a loop
@@ -246,8 +255,9 @@ class Intx(_EventfdWaiter):
     def _thread_args(self) -> tuple[bytearray, bytearray]:
         """This thread's (state, unmask) ioctl buffers, made on its first use."""
         tls = self._tls
-        tls.state, tls.unmask = bytearray(self._state_template), bytearray(self._unmask_template)
-        return tls.state, tls.unmask
+        tls.args = bytearray(self._state_template), bytearray(self._unmask_template)
+        tls.unmask = tls.args[1]
+        return tls.args  # type: ignore[no-any-return]
 
     def _probe_vfiokit(self) -> bool:
         try:
@@ -286,10 +296,11 @@ class Intx(_EventfdWaiter):
         dev = self.device
         sys, fd = dev.sys, dev.fd
         try:
-            arg, unmask = self._tls.state, self._tls.unmask
+            arg, unmask = self._tls.args
         except AttributeError:
             arg, unmask = self._thread_args()
-        sys.ioctl(fd, _FEATURE, arg)
+        ioctl = self._ioctl
+        ioctl(fd, _FEATURE, arg)
         if arg[self._mask_device_at]:
             # A write of COMMAND unmasks only where the user's INTx Disable changes
             # (vfio-pci's rule): set it, then clear it, around the byte as it is now.
@@ -297,15 +308,15 @@ class Intx(_EventfdWaiter):
             hi = sys.pread(fd, 1, off)[0] & ~INTX_DISABLE_HI
             sys.pwrite(fd, _BYTE[hi | INTX_DISABLE_HI], off)
             sys.pwrite(fd, _BYTE[hi], off)
-            self.counts["device"] += 1
+            self._n_device += 1
             return "device"
-        sys.ioctl(fd, _SET_IRQS, unmask)
-        self.counts["line"] += 1
+        ioctl(fd, _SET_IRQS, unmask)
+        self._n_line += 1
         return "line"
 
     def _unmask_eventfd(self) -> str:
         self.device.sys.eventfd_write(self._ufd, 1)
-        self.counts["eventfd"] += 1
+        self._n_eventfd += 1
         return "eventfd"
 
     def _unmask_kernel(self) -> str:
@@ -313,9 +324,8 @@ class Intx(_EventfdWaiter):
             unmask = self._tls.unmask
         except AttributeError:
             unmask = self._thread_args()[1]
-        dev = self.device
-        dev.sys.ioctl(dev.fd, _SET_IRQS, unmask)
-        self.counts["kernel"] += 1
+        self._ioctl(self.device.fd, _SET_IRQS, unmask)
+        self._n_kernel += 1
         return "kernel"
 
     def mask(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import errno as E
 import fcntl
-import math
 import mmap
 import os
 import select
@@ -80,26 +79,29 @@ def error_for(op: str, code: int, path: str | None = None) -> VfioError:
     return _CLASSES.get(code, VfioError)(op, code, _REMEDIES.get(code), path)
 
 
+_new_poll, _POLLIN, _POLLNVAL = select.poll, select.POLLIN, select.POLLNVAL
+
+
 def poll_readable(fds: list[int], timeout: float | None) -> list[int]:
     """The fds among `fds` that are readable within `timeout` seconds (None: no limit).
 
     poll(2), not select(2): any fd number works (select stops at 1023, and MSI-X has up
     to 2048 vectors). A closed or invalid fd is an EBADF VfioError, as select's was.
     """
-    poller = select.poll()
+    poller = _new_poll()
     try:
         for fd in fds:
-            poller.register(fd, select.POLLIN)
+            poller.register(fd, _POLLIN)
     except (ValueError, OverflowError, TypeError) as exc:  # a negative or huge fd number
         raise error_for("poll", E.EBADF) from exc
-    ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    # Milliseconds, rounded up by poll() itself; negative would mean "for ever".
     try:
-        events = poller.poll(ms)
+        events = poller.poll(None if timeout is None else timeout * 1000 if timeout > 0 else 0)
     except OSError as exc:
         raise error("poll", exc) from exc
     ready = []
     for fd, ev in events:
-        if ev & select.POLLNVAL:
+        if ev & _POLLNVAL:
             raise error_for("poll", E.EBADF)
         ready.append(fd)
     return ready

@@ -467,6 +467,10 @@ def test_vectors_setup_and_close_failures_close_eventfds(host: FakeSys) -> None:
             vd.msix(4)
         assert kernel.open_fds == before and dev.triggers == {}
         vec = vd.msix(4)
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.EINVAL)
+        with pytest.raises(VfioError):
+            vd.msix(2)  # refused: the vectors armed before must stay armed
+        assert len(dev.triggers[U.VFIO_PCI_MSIX_IRQ_INDEX]) == 4
         kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.ENODEV)
         vec.close()
         assert kernel.open_fds == before and vec.efds == []

@@ -77,12 +77,12 @@ class _EventfdWaiter:
     def _disarm(self) -> None:
         raise NotImplementedError
 
-    def _release(self) -> BaseException | None:
-        """Disarm the trigger, then close every eventfd whatever the disarm did; the first
-        error, if any. ENODEV from the disarm (the device is gone: surprise removal) is
-        none: nothing is armed any more."""
+    def _release(self, disarm: bool = True) -> BaseException | None:
+        """Disarm the trigger (if `disarm`: only what this object armed), then close every
+        eventfd whatever the disarm did; the first error, if any. ENODEV from the disarm
+        (the device is gone: surprise removal) is none: nothing is armed any more."""
         first: BaseException | None = None
-        if self.device.fd >= 0:
+        if disarm and self.device.fd >= 0:
             try:
                 self._disarm()
             except VfiokitError as exc:
@@ -286,7 +286,8 @@ class Intx(_EventfdWaiter):
         return sys.eventfd_read(self._efd)
 
     def unmask(self) -> str:
-        """Unmask after handling the device; returns how: "line", "device" or "kernel".
+        """Unmask after handling the device; returns how: "line", "device", "kernel" or
+        "eventfd".
 
         (The policy setter points `unmask` at the implementation for the policy.)
         """
@@ -350,9 +351,9 @@ class Intx(_EventfdWaiter):
             0,
         )
 
-    def _release(self) -> BaseException | None:
+    def _release(self, disarm: bool = True) -> BaseException | None:
         self._efd = -1  # wait() after close: EBADF, not a read on a reused fd number
-        first = super()._release()  # disabling INTx also ends the unmask eventfd's use
+        first = super()._release(disarm)  # disabling INTx also ends the unmask eventfd's use
         if self._ufd >= 0:
             ufd, self._ufd = self._ufd, -1
             try:
@@ -386,7 +387,9 @@ class Vectors(_EventfdWaiter):
                 eventfds=self.efds,
             )
         except BaseException:
-            self._release()  # the eventfds made so far, and the trigger if it got armed
+            # The eventfds made so far. Nothing to disarm: arming is the last step, and
+            # a disarm here would switch off vectors another object of this index armed.
+            self._release(disarm=False)
             raise
 
     def wait(self, timeout: float | None = None) -> list[int]:

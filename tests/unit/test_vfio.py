@@ -739,3 +739,17 @@ def test_the_docs_fake_example_runs() -> None:
     blocks = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "FakeSyscalls" in b]
     assert len(blocks) == 1 and "assert" in blocks[0] and "# vd =" not in blocks[0]
     exec(compile(blocks[0], "docs/api.md", "exec"), {})
+
+
+def test_dma_map_failing_otherwise_gives_everything_back(
+    host: FakeSys, kernel: FakeSyscalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_dev(host, kernel, "legacy") as vd:
+
+        def interrupted(*_a: object, **_k: object) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(vd.dma, "map", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            vd.dma_buffer(4096)
+        assert vd.allocator.used == {} and vd._owned == {}

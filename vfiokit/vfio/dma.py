@@ -107,10 +107,10 @@ class DmaBuffer:
             raise
         try:
             space.map(self.vaddr, self.iova, self.size, readable=readable, writable=writable)
-        except VfioError as exc:
+        except BaseException as exc:
             allocator.free(self.iova)
             self._mem.close()
-            if exc.errno == E.ENOMEM:
+            if isinstance(exc, VfioError) and exc.errno == E.ENOMEM:
                 raise VfioError(
                     f"DMA map of {self.size} bytes",
                     E.ENOMEM,

@@ -753,3 +753,33 @@ def test_dma_map_failing_otherwise_gives_everything_back(
         with pytest.raises(KeyboardInterrupt):
             vd.dma_buffer(4096)
         assert vd.allocator.used == {} and vd._owned == {}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_never_closed_warns_and_closes_the_fds(
+    host: FakeSys, kernel: FakeSyscalls, backend: str
+) -> None:
+    """A session dropped without close(): ResourceWarnings, and no fd left open."""
+    vd = open_dev(host, kernel, backend)
+    vd.intx("eventfd")
+    vd.msi(1)
+    vd.dma_buffer(4096)
+    assert kernel.open_fds > 0
+    with pytest.warns(ResourceWarning) as seen:
+        del vd
+        gc.collect()
+    names = {str(w.message).split()[1] for w in seen}
+    assert {"VfioDevice", "Device", "Intx", "Vectors", "DmaBuffer"} <= names
+    assert kernel.open_fds == 0
+
+
+def test_closed_objects_do_not_warn(host: FakeSys, kernel: FakeSyscalls) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        with open_dev(host, kernel, "legacy") as vd:
+            vd.intx()
+            vd.dma_buffer(4096)
+        del vd
+        gc.collect()

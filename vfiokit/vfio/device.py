@@ -14,7 +14,7 @@ from .. import pciconfig
 from ..errors import Busy, InvalidArgument, Unsupported, VfiokitError
 from . import uapi as U
 from .iommu import _parse_caps
-from .sys import Syscalls
+from .sys import Syscalls, warn_unclosed
 
 _FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 PAGE = mmap.PAGESIZE
@@ -370,6 +370,11 @@ class Device:
                 return False
             raise
         return True
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            fd, self.fd = self.fd, -1
+            warn_unclosed(self, self.sys, [fd])
 
     def close(self) -> None:
         """Close the device fd and drop the regions' mmaps; a second close does nothing.

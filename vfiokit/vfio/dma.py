@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno as E
 import mmap
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -153,6 +154,11 @@ class DmaBuffer:
                 "are still in use; the memory is freed when the last one goes",
                 remedy="release() views derived from buf.view before close()",
             )
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            # No unmap from a finalizer: the mapping goes with the container or iommufd.
+            warnings.warn("unclosed DmaBuffer", ResourceWarning, source=self, stacklevel=2)
 
     def __enter__(self) -> DmaBuffer:
         return self

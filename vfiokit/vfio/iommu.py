@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ..errors import Busy, Unsupported, VfiokitError
 from . import uapi as U
-from .sys import Syscalls, VfioError
+from .sys import Syscalls, VfioError, warn_unclosed
 
 # IOVA ranges are inclusive: (first, last).
 IovaRange = tuple[int, int]
@@ -140,6 +140,11 @@ class Container:
             self.sys.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            fd, self.fd = self.fd, -1
+            warn_unclosed(self, self.sys, [fd])
+
 
 @dataclass
 class IommuFd:
@@ -209,6 +214,11 @@ class IommuFd:
             self.sys.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            fd, self.fd = self.fd, -1
+            warn_unclosed(self, self.sys, [fd])
+
 
 class GroupNotViable(Busy):
     """VFIO_GROUP_GET_STATUS says the group is not viable: a member is bound to a host
@@ -260,3 +270,8 @@ class Group:
         if self.fd >= 0:
             self.sys.close(self.fd)
             self.fd = -1
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            fd, self.fd = self.fd, -1
+            warn_unclosed(self, self.sys, [fd])

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ..errors import InvalidArgument, Unsupported, VfiokitError
 from . import uapi as U
 from .device import Device
+from .sys import warn_unclosed
 
 _SET_IRQS, _FEATURE = U.VFIO_DEVICE_SET_IRQS, U.VFIO_DEVICE_FEATURE  # hot path: no lookups
 _BYTE = [bytes([i]) for i in range(256)]  # made once: the device unmask writes these
@@ -96,6 +97,13 @@ class _EventfdWaiter:
                 first = first or exc
         self.efds = []
         return first
+
+    def __del__(self) -> None:
+        fds = list(getattr(self, "efds", ()))
+        ufd = getattr(self, "_ufd", -1)
+        if fds:
+            self.efds = []
+            warn_unclosed(self, self.device.sys, fds + ([ufd] if ufd >= 0 else []))
 
     def close(self) -> None:
         """Disarm and close the eventfds; they are closed even if the disarm fails (the

@@ -9,6 +9,7 @@ VFIO device cdev, and own everything that comes with it until close().
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -169,6 +170,13 @@ class VfioDevice:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+    def __del__(self) -> None:
+        if getattr(self, "_undo", None) or getattr(self, "_owned", None):
+            # Its parts close their own fds as they go; no ioctl from a finalizer.
+            warnings.warn(
+                f"unclosed VfioDevice {self.address}", ResourceWarning, source=self, stacklevel=2
+            )
 
     def __enter__(self) -> VfioDevice:
         return self

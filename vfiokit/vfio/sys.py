@@ -10,12 +10,14 @@ ioctl, ``except PermissionDenied`` an EPERM or EACCES open, ...).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as E
 import fcntl
 import mmap
 import os
 import select
+import warnings
 from mmap import mmap as Mmap
 from typing import Protocol
 
@@ -105,6 +107,16 @@ def poll_readable(fds: list[int], timeout: float | None) -> list[int]:
             raise error_for("poll", E.EBADF)
         ready.append(fd)
     return ready
+
+
+def warn_unclosed(obj: object, sys: Syscalls, fds: list[int]) -> None:
+    """For __del__ of an object that was never closed: a ResourceWarning, then its fds
+    closed, and nothing else (no ioctl from a finalizer: closing the fds is what makes
+    the kernel release the rest)."""
+    warnings.warn(f"unclosed {type(obj).__name__}", ResourceWarning, source=obj, stacklevel=2)
+    for fd in fds:
+        with contextlib.suppress(BaseException):  # a finalizer has nobody to raise to
+            sys.close(fd)
 
 
 class Syscalls(Protocol):

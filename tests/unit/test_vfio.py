@@ -783,3 +783,18 @@ def test_closed_objects_do_not_warn(host: FakeSys, kernel: FakeSyscalls) -> None
             vd.dma_buffer(4096)
         del vd
         gc.collect()
+
+
+def test_typed_errors_are_also_the_builtins(host: FakeSys, kernel: FakeSyscalls) -> None:
+    """except ValueError / LookupError / PermissionError work too, errno kept."""
+    kernel.fail(U.VFIO_GROUP_GET_DEVICE_FD, errno.EACCES)
+    with pytest.raises(PermissionError) as perm:
+        open_dev(host, kernel, "legacy")
+    assert perm.value.errno == errno.EACCES and isinstance(perm.value, PermissionDenied)
+    assert "permission denied" in str(perm.value).lower() and perm.value.remedy
+    kernel.fail(U.VFIO_GROUP_GET_DEVICE_FD, errno.ENODEV)
+    with pytest.raises(LookupError):
+        open_dev(host, kernel, "legacy")
+    with pytest.raises(ValueError):
+        VfioDevice("zz", sys=kernel)
+    assert PermissionDenied("x").to_dict()["error"] == "PermissionDenied"

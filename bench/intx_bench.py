@@ -57,7 +57,6 @@ def stdlib_loop(bdf: str) -> dict[str, float]:
     vfiokit opened): the floor for Python, to see what the API layers cost on top of it.
     Its timing loop repeats python_loop's on purpose: each loop is the code measured, and a
     shared helper would add a call per round trip to both."""
-    import ctypes
     import fcntl
 
     from vfiokit.vfio import uapi as U
@@ -66,9 +65,12 @@ def stdlib_loop(bdf: str) -> dict[str, float]:
         intx = vd.intx("kernel")
         efd, fd = intx.efds[0], vd.device.fd
         req = U.VFIO_DEVICE_SET_IRQS
-        arg = U.vfio_irq_set(ctypes.sizeof(U.vfio_irq_set),
-                             U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_UNMASK,
-                             U.VFIO_PCI_INTX_IRQ_INDEX, 0, 1).to_bytes()  # fmt: skip
+        arg = U.vfio_irq_set.new(
+            flags=U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_UNMASK,
+            index=U.VFIO_PCI_INTX_IRQ_INDEX,
+            start=0,
+            count=1,
+        ).to_bytes()
         view = vd.device.bar(0).mmap().cast("I")
         read, ioctl = os.eventfd_read, fcntl.ioctl
         lat: list[float] = []

@@ -117,7 +117,9 @@ def resolve(sysroot: SysRoot, text: str) -> str:
     return addr
 
 
-def _intx_masking(vendor: int | None, device: int | None, pin: int | None, cfg: bytes):
+def _intx_masking(
+    vendor: int | None, device: int | None, pin: int | None, cfg: bytes
+) -> tuple[bool | None, str]:
     if pin == 0:
         return False, "no INTx pin"
     if (vendor, device) in BROKEN_INTX_MASKING:

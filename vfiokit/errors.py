@@ -52,19 +52,22 @@ class VfiokitError(Exception):
         }
 
 
-class InvalidArgument(VfiokitError):
-    """Bad input: a malformed address, an out-of-range value."""
+class InvalidArgument(VfiokitError, ValueError):
+    """Bad input: a malformed address, an out-of-range value. Also a ValueError."""
 
     exit_code = ExitCode.USAGE
 
 
-class NotFound(VfiokitError):
-    """A device, group or kernel interface that is not there."""
+class NotFound(VfiokitError, LookupError):
+    """A device, group or kernel interface that is not there. Also a LookupError."""
 
     exit_code = ExitCode.NOT_FOUND
 
 
-class PermissionDenied(VfiokitError):
+class PermissionDenied(VfiokitError, PermissionError):
+    """Needs privileges the caller lacks. Also a PermissionError (so an OSError: its
+    errno is the kernel's, EPERM or EACCES, where there was one)."""
+
     exit_code = ExitCode.PERMISSION
 
 

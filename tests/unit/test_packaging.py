@@ -62,3 +62,10 @@ def test_the_copies_of_the_version_match() -> None:
         named += [(doc.name, m) for m in re.findall(r"vfiokit-(\d+\.\d+\.\d+)[-.]", text)]
     assert named, "the docs name the version somewhere (the DKMS commands)"
     assert [n for n in named if n[1] != v] == []
+
+
+def test_the_package_ships_its_types() -> None:
+    """PEP 561: py.typed is in the package and in its package data."""
+    data = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in data["vfiokit"]
+    assert (PYPROJECT.parent / "vfiokit" / "py.typed").exists()

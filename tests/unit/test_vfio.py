@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import errno
+import gc
+import os
+import resource
 import selectors
+import sys
 import threading
+import weakref
 
 import pytest
 
 from fakesys import FakeSys
-from vfiokit import InvalidArgument, NotFound, Unsupported
-from vfiokit.vfio import ClosedError, IovaAllocator, VfioDevice, VfioError, choose_backend
+from vfiokit import Busy, ExitCode, InvalidArgument, NotFound, PermissionDenied, Unsupported
+from vfiokit.vfio import (
+    ClosedError,
+    GroupNotViable,
+    IovaAllocator,
+    RealSyscalls,
+    VfioDevice,
+    VfioError,
+    choose_backend,
+)
 from vfiokit.vfio import uapi as U
 from vfiokit.vfio.fake import FakeSyscalls
 
@@ -262,18 +277,96 @@ def test_errors_carry_errno_and_remedy(host: FakeSys, kernel: FakeSyscalls) -> N
         VfioDevice("zz", sys=kernel)
 
 
+@pytest.mark.parametrize(
+    ("code", "cls", "exit_code"),
+    [
+        (errno.EBUSY, Busy, ExitCode.BUSY),
+        (errno.EPERM, PermissionDenied, ExitCode.PERMISSION),
+        (errno.EACCES, PermissionDenied, ExitCode.PERMISSION),
+        (errno.ENODEV, NotFound, ExitCode.NOT_FOUND),
+        (errno.ENOTTY, Unsupported, ExitCode.UNSUPPORTED),
+    ],
+)
+def test_syscall_errors_are_the_typed_classes(
+    host: FakeSys, kernel: FakeSyscalls, code: int, cls: type, exit_code: ExitCode
+) -> None:
+    """`except Busy` (and the others) match a failed ioctl; it still is a VfioError."""
+    kernel.fail(U.VFIO_GROUP_GET_DEVICE_FD, code)
+    with pytest.raises(cls) as info:
+        open_dev(host, kernel, "legacy")
+    assert isinstance(info.value, VfioError) and info.value.errno == code
+    assert info.value.exit_code == exit_code and "VFIO_GROUP_GET_DEVICE_FD" in str(info.value)
+    assert kernel.open_fds == 0
+    kernel.fail(U.VFIO_GROUP_GET_DEVICE_FD, errno.EIO)  # no subclass for EIO: VfioError
+    with pytest.raises(VfioError) as info:
+        open_dev(host, kernel, "legacy")
+    assert type(info.value) is VfioError and info.value.exit_code == ExitCode.ERROR
+
+
+def test_eventfd_and_poll_failures_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = RealSyscalls()
+    with pytest.raises(VfioError) as info:
+        real.eventfd_write(-1)
+    assert info.value.errno == errno.EBADF
+    with pytest.raises(VfioError):
+        real.eventfd_read(-1)
+    with pytest.raises(VfioError):
+        real.eventfd_read_blocking(-1)  # Intx.wait() after close
+    with pytest.raises(VfioError) as info:
+        real.wait_readable([-1], 0)  # select(): ValueError
+    assert info.value.errno == errno.EBADF
+    efd = real.eventfd()
+    os.close(efd)
+    with pytest.raises(VfioError) as info:
+        real.wait_readable([efd], 0)  # a closed fd: EBADF, not silence
+    assert info.value.errno == errno.EBADF
+
+    def emfile(*_args: object) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "eventfd", emfile)
+    with pytest.raises(VfioError) as info:
+        real.eventfd()
+    assert info.value.errno == errno.EMFILE
+
+
+def test_waiting_on_fds_above_1023() -> None:
+    """MSI-X has up to 2048 vectors: fd numbers past select()'s FD_SETSIZE must work."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1600:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1600")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1600), hard))
+    real = RealSyscalls()
+    efd = real.eventfd()
+    high = os.dup2(efd, 1500)
+    try:
+        assert real.wait_readable([high], 0) == []
+        real.eventfd_write(high)
+        assert real.wait_readable([efd, high], 0) == [efd, high]
+        assert real.eventfd_read(high) == 1
+    finally:
+        os.close(high)
+        os.close(efd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_non_viable_group(host: FakeSys, kernel: FakeSyscalls) -> None:
+    host.add_pci("0000:00:05.0", vendor=0x8086, device=0x100E, class_code=0x020000,
+                 driver="e1000", group="3")  # fmt: skip
     orig = kernel._ioctl_group
 
     def not_viable(f, req, arg):
         if req == U.VFIO_GROUP_GET_STATUS:
-            arg[:8] = bytes(U.vfio_group_status(8, 0))
+            arg[:8] = bytes(U.vfio_group_status(argsz=8, flags=0))
             return 0
         return orig(f, req, arg)
 
     kernel._ioctl_group = not_viable  # type: ignore[method-assign]
-    with pytest.raises(VfioError, match="not viable") as info:
+    with pytest.raises(GroupNotViable, match="not viable") as info:
         open_dev(host, kernel, "legacy")
+    # The real cause: a member bound to a host driver, no invented EINVAL.
+    assert info.value.errno is None and isinstance(info.value, Busy)
+    assert "0000:00:05.0 is bound to host driver e1000" in str(info.value)
     assert "vfiokit doctor" in (info.value.remedy or "")
     assert kernel.open_fds == 0
 
@@ -283,3 +376,425 @@ def test_hot_reset_scope_and_caps(host: FakeSys, kernel: FakeSyscalls) -> None:
         assert vd.device.capabilities() == []
         with pytest.raises(VfioError):
             vd.device.hot_reset_scope()  # the fake has no bus reset
+
+
+# -- leaks: every fd closed on every path -------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_device_fd_closed_when_get_info_fails(
+    host: FakeSys, kernel: FakeSyscalls, backend: str
+) -> None:
+    kernel.fail(U.VFIO_DEVICE_GET_INFO, errno.EIO)
+    with pytest.raises(VfioError):
+        open_dev(host, kernel, backend)
+    assert kernel.open_fds == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_device_close_with_a_view_held_closes_the_fd(
+    host: FakeSys, kernel: FakeSyscalls, backend: str
+) -> None:
+    """Close first, raise after: the fd goes even while a region view is held."""
+    vd = open_dev(host, kernel, backend)
+    view = vd.device.bar(0).mmap().cast("I")
+    regs = vd.device.bar(0).mmap_array()
+    with pytest.raises(Busy, match="still have views"):
+        vd.close()
+    assert kernel.open_fds == 0 and vd.device.fd == -1
+    vd.close()  # a second close is a no-op
+    vd.device.close()
+    view[0] = 1  # the mapping lives on until its view goes
+    assert regs[0] == 0  # (the fake's mmaps are copies)
+    view.release()
+    del regs
+
+
+def test_intx_setup_failure_disarms_and_closes(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    with open_dev(host, kernel, "legacy") as vd:
+        before = kernel.open_fds
+        kernel.fail(U.VFIO_DEVICE_FEATURE, errno.EIO)  # the vfiokit-pci probe, after arming
+        with pytest.raises(VfioError):
+            vd.intx()
+        assert kernel.open_fds == before and dev.triggers == {}
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.EBUSY)  # arming itself
+        with pytest.raises(Busy):
+            vd.intx()
+        assert kernel.open_fds == before and dev.triggers == {}
+        intx = vd.intx()
+        assert intx.vfiokit
+
+
+@pytest.mark.parametrize("code", [errno.ENODEV, errno.EIO])
+def test_intx_close_when_set_irqs_fails(host: FakeSys, kernel: FakeSyscalls, code: int) -> None:
+    """Surprise removal: the disarm fails with ENODEV; the eventfd is closed all the same."""
+    with open_dev(host, kernel, "legacy") as vd:
+        before = kernel.open_fds
+        intx = vd.intx()
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, code)
+        if code == errno.ENODEV:
+            intx.close()  # the device is gone: nothing is armed, no error
+        else:
+            with pytest.raises(VfioError):
+                intx.close()  # raised after closing
+        assert kernel.open_fds == before and intx.efds == []
+        intx.close()
+
+
+def test_vectors_setup_and_close_failures_close_eventfds(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", intx=False, msix=8)
+    with open_dev(host, kernel, "legacy") as vd:
+        before = kernel.open_fds
+        made = []
+        real_eventfd = kernel.eventfd
+
+        def third_fails(nonblock: bool = True) -> int:
+            if len(made) == 2:
+                raise kernel._oserror("eventfd", errno.EMFILE)
+            made.append(1)
+            return real_eventfd(nonblock)
+
+        kernel.eventfd = third_fails  # type: ignore[method-assign]
+        with pytest.raises(VfioError):
+            vd.msix(4)
+        kernel.eventfd = real_eventfd  # type: ignore[method-assign]
+        assert kernel.open_fds == before
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.EINVAL)
+        with pytest.raises(VfioError):
+            vd.msix(4)
+        assert kernel.open_fds == before and dev.triggers == {}
+        vec = vd.msix(4)
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.EINVAL)
+        with pytest.raises(VfioError):
+            vd.msix(2)  # refused: the vectors armed before must stay armed
+        assert len(dev.triggers[U.VFIO_PCI_MSIX_IRQ_INDEX]) == 4
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.ENODEV)
+        vec.close()
+        assert kernel.open_fds == before and vec.efds == []
+
+
+@pytest.mark.parametrize("derive", ["slice", "ctypes"])
+def test_dma_close_with_a_derived_view(host: FakeSys, kernel: FakeSyscalls, derive: str) -> None:
+    """Unmapped and closed, then Busy raised: never unmapped-but-open."""
+    with open_dev(host, kernel, "legacy") as vd:
+        buf = vd.dma_buffer(4096)
+        part = buf.view[:16] if derive == "slice" else (ctypes.c_char * 16).from_buffer(buf.view)
+        with pytest.raises(Busy, match="views of its memory"):
+            buf.close()
+        assert buf.closed and buf.iova not in kernel.mappings and vd.allocator.used == {}
+        buf.close()  # a no-op, not a second unmap
+        part[0:1] = b"x"  # the memory lives on with the view (no longer the device's)
+        del part
+        again = vd.dma_buffer(4096)
+        assert again.iova == buf.iova
+
+
+def test_dma_close_when_unmap_fails_stays_open(host: FakeSys, kernel: FakeSyscalls) -> None:
+    with open_dev(host, kernel, "legacy") as vd:
+        buf = vd.dma_buffer(4096)
+        kernel.fail(U.VFIO_IOMMU_UNMAP_DMA, errno.EIO)
+        with pytest.raises(VfioError):
+            buf.close()
+        assert not buf.closed and buf.iova in kernel.mappings
+        buf.view[0] = 1  # still usable
+        buf.close()
+        assert kernel.mappings == {}
+
+
+def test_the_session_forgets_closed_buffers(host: FakeSys, kernel: FakeSyscalls) -> None:
+    with open_dev(host, kernel, "iommufd") as vd:
+        refs = []
+        for _ in range(50):
+            with vd.dma_buffer(4096) as buf:
+                refs.append(weakref.ref(buf))
+        del buf
+        gc.collect()
+        assert all(r() is None for r in refs)
+        kept = vd.dma_buffer(4096)  # an open one is still closed by the session
+    assert kept.closed and kernel.mappings == {}
+
+
+# -- correctness ---------------------------------------------------------------------------
+
+
+def test_fd_arrays_are_native_byte_order(host: FakeSys, kernel: FakeSyscalls) -> None:
+    """The kernel reads eventfd and group-fd arrays as native s32s: no fixed '<' anywhere
+    an fd array is packed or unpacked (s390x is big-endian)."""
+    import re
+    from pathlib import Path
+
+    import vfiokit.vfio
+
+    src = Path(vfiokit.vfio.__file__).parent
+    for path in sorted(src.glob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            assert not re.search(r"""pack\(f?["']<[^"']*i["']""", line), f"{path.name}:{n}"
+    seen: list[bytes] = []
+    orig = kernel._set_irqs
+
+    def spy(dev, data: bytes) -> int:
+        seen.append(data[ctypes.sizeof(U.vfio_irq_set) :])
+        return orig(dev, data)
+
+    kernel._set_irqs = spy  # type: ignore[method-assign]
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        assert seen[0] == intx.efds[0].to_bytes(4, sys.byteorder, signed=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_unmapped_size_is_checked(host: FakeSys, kernel: FakeSyscalls, backend: str) -> None:
+    """type1 unmaps nothing, successfully, where nothing is mapped: the size it reports
+    back is what tells; iommufd says ENOENT."""
+    from vfiokit import VfiokitError
+
+    with open_dev(host, kernel, backend) as vd:
+        buf = vd.dma_buffer(8192)
+        vd.dma.unmap(buf.iova, buf.size)
+        expected, match = (VfiokitError, "unmapped 0x0") if backend == "legacy" else (
+            NotFound, "ENOENT"
+        )
+        with pytest.raises(expected, match=match):
+            vd.dma.unmap(buf.iova, buf.size)
+        vd.dma.map(buf.vaddr, buf.iova, buf.size)  # for the session's close
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_iova_alignment_follows_the_iommu(host: FakeSys, backend: str) -> None:
+    """64 KiB IOMMU pages (type1's iova_pgsizes, iommufd's out_iova_alignment): IOVA,
+    size and address of every buffer are multiples of 64 KiB."""
+    kernel = FakeSyscalls(pgsizes=0x10000 | 0x200000 | 0x40000000)
+    kernel.add_device(BDF, group="3")
+    with open_dev(host, kernel, backend) as vd:
+        assert vd.dma.iova_alignment() == 0x10000
+        a, b = vd.dma_buffer(100), vd.dma_buffer(0x10001)
+        assert (a.iova, a.size, len(a.view)) == (0x10000, 0x10000, 0x10000)
+        assert (b.iova, b.size) == (0x20000, 0x20000)
+        assert a.vaddr % 0x10000 == 0 and b.vaddr % 0x10000 == 0
+        a.view[:3] = b"abc"
+        a.close()
+        assert kernel.mappings.keys() == {b.iova}
+    assert kernel.mappings == {} and kernel.open_fds == 0
+
+
+def test_unmask_buffers_are_not_shared_by_threads(host: FakeSys) -> None:
+    """Thread A's state read is answered "mask at the device"; before A looks at it,
+    thread B's is answered "at the line". With one shared buffer A would see B's."""
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        orig = kernel._ioctl_device
+        a_answered, b_answered = threading.Event(), threading.Event()
+
+        def feature(f, req, arg):
+            name = threading.current_thread().name
+            if req != U.VFIO_DEVICE_FEATURE or name not in ("A", "B"):
+                return orig(f, req, arg)
+            if name == "B":
+                assert a_answered.wait(10)
+            dev.mask_device = int(name == "A")
+            rc = orig(f, req, arg)
+            (a_answered if name == "A" else b_answered).set()
+            if name == "A":
+                assert b_answered.wait(10)
+            return rc
+
+        kernel._ioctl_device = feature  # type: ignore[method-assign]
+        how: dict[str, str] = {}
+
+        def run() -> None:
+            how[threading.current_thread().name] = intx.unmask()
+
+        threads = [threading.Thread(target=run, name=n) for n in "AB"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert how == {"A": "device", "B": "line"}
+
+
+def test_iova_allocator_is_thread_safe() -> None:
+    """Two threads allocating at once: without the lock both see the same free range."""
+    barrier = threading.Barrier(2, timeout=0.5)
+
+    class Racy(dict):
+        def items(self):  # both threads inside alloc() at once, if nothing stops them
+            seen = list(super().items())
+            with contextlib.suppress(threading.BrokenBarrierError):  # the other one is
+                barrier.wait()  # (rightly) held at the lock
+            return seen
+
+    alloc = IovaAllocator([(0, (1 << 32) - 1)], used=Racy())
+    got: list[int] = []
+    threads = [threading.Thread(target=lambda: got.append(alloc.alloc(4096))) for _ in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [0x1000, 0x2000]
+
+
+# -- what QEMU and DPDK use ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_intx_unmask_through_an_eventfd(host: FakeSys, kernel: FakeSyscalls, backend: str) -> None:
+    """Policy "eventfd": ACTION_UNMASK | DATA_EVENTFD once, then one eventfd write per
+    interrupt, no ioctl."""
+    dev = kernel.devices[BDF]
+    with open_dev(host, kernel, backend) as vd:
+        before = kernel.open_fds
+        intx = vd.intx("eventfd")
+        assert dev.unmask_eventfd >= 0 and intx.unmask_eventfd() >= 0
+        for _ in range(3):
+            kernel.fire(dev, 0)
+            assert intx.wait(1) == 1 and dev.masked
+            assert intx.unmask() == "eventfd" and not dev.masked
+        assert dev.unmask_ioctls == 0 and dev.unmask_eventfd_writes == 3
+        assert intx.counts == {"line": 0, "device": 0, "kernel": 0, "eventfd": 3}
+        intx.policy = "kernel"  # and back: the eventfd stays armed until close
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1 and intx.unmask() == "kernel" and dev.unmask_ioctls == 1
+        intx.close()
+        assert kernel.open_fds == before and dev.unmask_eventfd == -1
+        assert vd.intx().counts == {"line": 0, "device": 0, "kernel": 0}
+
+
+def test_intx_unmask_eventfd_refused_closes_it(host: FakeSys, kernel: FakeSyscalls) -> None:
+    with open_dev(host, kernel, "legacy") as vd:
+        before = kernel.open_fds
+        intx = vd.intx()
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.EINVAL)
+        with pytest.raises(VfioError):
+            intx.policy = "eventfd"
+        assert intx.policy == "state" and intx.unmask_eventfd() == -1
+        assert kernel.open_fds == before + 1  # only the trigger's eventfd
+        with pytest.raises(InvalidArgument):
+            vd.intx("bogus")
+
+
+def test_device_feature_set_and_probe(host: FakeSys, kernel: FakeSyscalls) -> None:
+    from vfiokit.vfio.fake import FakeFeature
+
+    dev = kernel.devices[BDF]
+    dev.features[7] = FakeFeature(data=bytearray(b"\x01\x02\x03\x04"))
+    dev.features[8] = FakeFeature(set=False, data=bytearray(4))
+    with open_dev(host, kernel, "iommufd") as vd:
+        d = vd.device
+        assert d.feature_probe(7) and d.feature_probe(7, get=True, set=True)
+        assert d.feature_probe(8, get=True) and not d.feature_probe(8, set=True)
+        assert not d.feature_probe(9)  # unknown: ENOTTY
+        assert d.feature_get(7, 4) == b"\x01\x02\x03\x04"
+        d.feature_set(7, b"\xaa\xbb\xcc\xdd")
+        assert dev.features[7].data == b"\xaa\xbb\xcc\xdd"
+        assert d.feature_get(7, 4) == b"\xaa\xbb\xcc\xdd"
+        with pytest.raises(VfioError) as info:
+            d.feature_set(8, b"\0\0\0\0")
+        assert info.value.errno == errno.EINVAL
+        with pytest.raises(Unsupported):
+            d.feature_set(9, b"")  # ENOTTY
+        with pytest.raises(InvalidArgument):
+            d.feature_probe(0x10000)  # would spill into the GET/SET/PROBE bits
+
+
+def test_region_type_capability(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", sparse=[(0, 0x1000), (0x3000, 0xFD000)])
+    opregion = (U.REGION_TYPE_PCI_VENDOR | 0x8086, U.VFIO_REGION_SUBTYPE_INTEL_IGD_OPREGION)
+    kernel.add_region(dev, U.VFIO_PCI_NUM_REGIONS, 0x2000, type=opregion)
+    kernel.add_region(dev, U.VFIO_PCI_NUM_REGIONS + 1, 0x1000, type=(U.VFIO_REGION_TYPE_GFX, 1))
+    with open_dev(host, kernel, "legacy") as vd:
+        d = vd.device
+        assert d.info.num_regions == U.VFIO_PCI_NUM_REGIONS + 2
+        assert d.bar(0).type is None and d.bar(0).areas() == [(0, 0x1000), (0x3000, 0xFD000)]
+        region = d.find_region(*opregion)
+        assert region is not None and region.index == U.VFIO_PCI_NUM_REGIONS
+        assert region.size == 0x2000 and region.read(0, 4) == 0
+        gfx = d.find_region(U.VFIO_REGION_TYPE_GFX, 1)
+        assert gfx is not None and gfx.type == (U.VFIO_REGION_TYPE_GFX, 1)
+        assert d.find_region(U.VFIO_REGION_TYPE_CCW, 1) is None
+
+
+def test_region_with_sparse_and_type_caps(host: FakeSys) -> None:
+    """Two capabilities chained: both found."""
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", sparse=[(0, 0x1000)])
+    dev.regions[0].type = (U.REGION_TYPE_PCI_VENDOR | 0x1234, 5)
+    with open_dev(host, kernel, "legacy") as vd:
+        bar0 = vd.device.bar(0)
+        assert bar0.areas() == [(0, 0x1000)]
+        assert bar0.type == (U.REGION_TYPE_PCI_VENDOR | 0x1234, 5)
+
+
+def test_the_docs_fake_example_runs() -> None:
+    """docs/api.md's hardware-free example checks something and passes here too."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "FakeSyscalls" in b]
+    assert len(blocks) == 1 and "assert" in blocks[0] and "# vd =" not in blocks[0]
+    exec(compile(blocks[0], "docs/api.md", "exec"), {})
+
+
+def test_dma_map_failing_otherwise_gives_everything_back(
+    host: FakeSys, kernel: FakeSyscalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_dev(host, kernel, "legacy") as vd:
+
+        def interrupted(*_a: object, **_k: object) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(vd.dma, "map", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            vd.dma_buffer(4096)
+        assert vd.allocator.used == {} and vd._owned == {}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_never_closed_warns_and_closes_the_fds(
+    host: FakeSys, kernel: FakeSyscalls, backend: str
+) -> None:
+    """A session dropped without close(): ResourceWarnings, and no fd left open."""
+    vd = open_dev(host, kernel, backend)
+    vd.intx("eventfd")
+    vd.msi(1)
+    vd.dma_buffer(4096)
+    assert kernel.open_fds > 0
+    with pytest.warns(ResourceWarning) as seen:
+        del vd
+        gc.collect()
+    names = {str(w.message).split()[1] for w in seen}
+    assert {"VfioDevice", "Device", "Intx", "Vectors", "DmaBuffer"} <= names
+    assert kernel.open_fds == 0
+
+
+def test_closed_objects_do_not_warn(host: FakeSys, kernel: FakeSyscalls) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        with open_dev(host, kernel, "legacy") as vd:
+            vd.intx()
+            vd.dma_buffer(4096)
+        del vd
+        gc.collect()
+
+
+def test_typed_errors_are_also_the_builtins(host: FakeSys, kernel: FakeSyscalls) -> None:
+    """except ValueError / LookupError / PermissionError work too, errno kept."""
+    kernel.fail(U.VFIO_GROUP_GET_DEVICE_FD, errno.EACCES)
+    with pytest.raises(PermissionError) as perm:
+        open_dev(host, kernel, "legacy")
+    assert perm.value.errno == errno.EACCES and isinstance(perm.value, PermissionDenied)
+    assert "permission denied" in str(perm.value).lower() and perm.value.remedy
+    kernel.fail(U.VFIO_GROUP_GET_DEVICE_FD, errno.ENODEV)
+    with pytest.raises(LookupError):
+        open_dev(host, kernel, "legacy")
+    with pytest.raises(ValueError):
+        VfioDevice("zz", sys=kernel)
+    assert PermissionDenied("x").to_dict()["error"] == "PermissionDenied"

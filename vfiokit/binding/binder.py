@@ -10,6 +10,7 @@ journaled devices back, also after a run that was killed half-way.
 from __future__ import annotations
 
 import errno as E
+import functools
 import os
 import subprocess
 import time
@@ -226,7 +227,7 @@ class Binder:
                                   plan.target if keep_override else "\n")  # fmt: skip
             if self.sysroot.is_host:
                 for node in self._nodes(plan):
-                    self._wait(lambda n=node: self.sysroot.exists(n), node)
+                    self._wait(functools.partial(self.sysroot.exists, node), node)
             for addr, states in keep.items():
                 self._reapply_nodes(addr, plan.groups.get(addr), states)
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -13,7 +14,7 @@ from .options import JsonOpt, reflow
 from .output import document
 
 
-def _say(as_json: bool):
+def _say(as_json: bool) -> Callable[[str], None]:
     return (lambda _m: None) if as_json else (lambda m: typer.echo(f"  {m}", err=True))
 
 

@@ -231,8 +231,8 @@ def show_cmd(
             keyvalues(
                 [
                     ("irq", f"{line['irq']} ({line['chip']}, {line['trigger']})"),
-                    ("devices", ", ".join(line["devices"]) or None),  # type: ignore[arg-type]
-                    ("handlers", ", ".join(line["actions"]) or None),  # type: ignore[arg-type]
+                    ("devices", ", ".join(line["devices"]) or None),
+                    ("handlers", ", ".join(line["actions"]) or None),
                     ("shared", line["shared"]),
                     ("interrupts", line["count"]),
                     ("mask_device", "n/a (no genirq patch)" if md is None else bool(md)),
@@ -243,7 +243,7 @@ def show_cmd(
     grp = data["iommu_group_detail"]
     if isinstance(grp, dict):
         typer.echo(f"iommu group {grp['group']}: {'viable' if grp['viable'] else 'not viable'}")
-        for m in grp["members"]:  # type: ignore[attr-defined]
+        for m in grp["members"]:
             blocks = f"  <- blocks: {m['blocks']}" if m["blocks"] else ""
             typer.echo(f"  {m['address']}  {m['driver'] or 'none'}{blocks}")
 

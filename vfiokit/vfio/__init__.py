@@ -7,10 +7,18 @@ with open_device("0000:00:04.0") as vd:
 
 from .device import ClosedError, Device, IrqInfo, Region
 from .dma import DmaBuffer, IovaAllocator
-from .iommu import Container, Group, IommuFd
+from .iommu import Container, Group, GroupNotViable, IommuFd
 from .irq import Intx, IntxState, Vectors
 from .session import BACKENDS, VfioDevice, choose_backend, open_device
-from .sys import RealSyscalls, Syscalls, VfioError
+from .sys import (
+    RealSyscalls,
+    Syscalls,
+    VfioBusy,
+    VfioError,
+    VfioNotFound,
+    VfioPermissionDenied,
+    VfioUnsupported,
+)
 
 __all__ = [
     "BACKENDS",
@@ -19,6 +27,7 @@ __all__ = [
     "Device",
     "DmaBuffer",
     "Group",
+    "GroupNotViable",
     "Intx",
     "IntxState",
     "IommuFd",
@@ -28,8 +37,12 @@ __all__ = [
     "Region",
     "Syscalls",
     "Vectors",
+    "VfioBusy",
     "VfioDevice",
     "VfioError",
+    "VfioNotFound",
+    "VfioPermissionDenied",
+    "VfioUnsupported",
     "choose_backend",
     "open_device",
 ]

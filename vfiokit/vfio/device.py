@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import builtins
 import ctypes
+import errno as E
 import mmap
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import pciconfig
-from ..errors import InvalidArgument, Unsupported, VfiokitError
+from ..errors import Busy, InvalidArgument, Unsupported, VfiokitError
 from . import uapi as U
 from .iommu import _parse_caps
-from .sys import Syscalls
+from .sys import Syscalls, warn_unclosed
 
 _FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 PAGE = mmap.PAGESIZE
+
+
+def _fd_array(fds: list[int]) -> bytes:
+    """An array of s32 fds in native byte order, as the kernel reads it."""
+    return struct.pack(f"={len(fds)}i", *fds)
+
+
+def _feature(feature: int) -> int:
+    if not 0 <= feature <= U.VFIO_DEVICE_FEATURE_MASK:
+        raise InvalidArgument(f"device feature {feature:#x} is not a 16-bit index")
+    return feature
 
 
 class ClosedError(VfiokitError):
@@ -47,6 +61,7 @@ class Region:
     size: int
     offset: int
     sparse: list[tuple[int, int]] | None = None  # mmap-able (offset, size) areas
+    type: tuple[int, int] | None = None  # (type, subtype) of VFIO_REGION_INFO_CAP_TYPE
     _maps: list[mmap.mmap] = field(default_factory=list)
 
     @property
@@ -80,7 +95,8 @@ class Region:
         data = self.device.sys.pread(self.device.fd, width, self.offset + off)
         if len(data) != width:
             raise VfiokitError(f"region {self.index}: short read at {off:#x}")
-        return struct.unpack(_FMT[width], data)[0]
+        value: int = struct.unpack(_FMT[width], data)[0]
+        return value
 
     def write(self, off: int, value: int, width: int = 4) -> None:
         self._check(off, width)
@@ -122,38 +138,57 @@ class Region:
         self._maps.append(m)
         return memoryview(m)
 
-    def mmap_array(self, ctype: type = ctypes.c_uint32, area: int = 0) -> ctypes.Array:
+    def mmap_array(
+        self, ctype: builtins.type[Any] = ctypes.c_uint32, area: int = 0
+    ) -> ctypes.Array[Any]:
         """Map one mmap-able area as a ctypes array of `ctype` (registers as fields).
 
         A ctypes structure type works too: ``region.mmap_array(MyRegs)[0].status``.
         """
         view = self.mmap(area)
         count = len(view) // ctypes.sizeof(ctype)
-        return (ctype * count).from_buffer(self._maps[-1])
+        array: ctypes.Array[Any] = (ctype * count).from_buffer(self._maps[-1])
+        return array
 
     def close(self) -> None:
+        """Drop every mmap of the region. One still exported (a memoryview or ctypes array
+        of it alive) cannot be unmapped now: it is let go all the same, unmapped when its
+        last view goes, and close() raises Busy after it has dropped them all."""
+        held = 0
         for m in self._maps:
             try:
                 m.close()
-            except BufferError as exc:
-                raise VfiokitError(
-                    f"region {self.index}: a memoryview of its mmap is still in use",
-                    remedy="release() the views (or let them go out of scope) before close()",
-                ) from exc
+            except BufferError:
+                held += 1
         self._maps.clear()
+        if held:
+            raise Busy(
+                f"region {self.index}: {held} mmap(s) still have views in use; each stays "
+                "mapped until its last view goes",
+                remedy="release() the views (or let them go out of scope) before close()",
+            )
 
 
 class Device:
-    """An open VFIO device fd (from a group or a cdev)."""
+    """An open VFIO device fd (from a group or a cdev).
+
+    The Device owns `fd` from the call on: if reading the device's info fails, the fd is
+    closed before the error propagates.
+    """
 
     def __init__(self, sys: Syscalls, fd: int, address: str):
         self.sys = sys
         self.fd = fd
         self.address = address
-        info = U.vfio_device_info(ctypes.sizeof(U.vfio_device_info)).to_bytes()
-        sys.ioctl(fd, U.VFIO_DEVICE_GET_INFO, info)
-        self.info = U.vfio_device_info.parse(info)
         self._regions: dict[int, Region] = {}
+        try:
+            info = U.vfio_device_info.new().to_bytes()
+            sys.ioctl(fd, U.VFIO_DEVICE_GET_INFO, info)
+        except BaseException:
+            self.fd = -1
+            sys.close(fd)
+            raise
+        self.info = U.vfio_device_info.parse(info)
 
     # -- state ------------------------------------------------------------------------------
     def _live(self) -> None:
@@ -175,18 +210,23 @@ class Device:
             return self._regions[index]
         if not 0 <= index < self.info.num_regions:
             raise InvalidArgument(f"no region {index} (the device has {self.info.num_regions})")
-        hdr = U.vfio_region_info(ctypes.sizeof(U.vfio_region_info), 0, index)
+        hdr = U.vfio_region_info.new(index=index)
         buf = hdr.to_bytes()
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, buf)
         info = U.vfio_region_info.parse(buf)
         if info.argsz > len(buf):
             buf = bytearray(info.argsz)
-            buf[: ctypes.sizeof(hdr)] = bytes(U.vfio_region_info(info.argsz, 0, index))
+            buf[: ctypes.sizeof(hdr)] = bytes(U.vfio_region_info(argsz=info.argsz, index=index))
             self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, buf)
             info = U.vfio_region_info.parse(buf)
         sparse = None
+        rtype = None
         if info.flags & U.VFIO_REGION_INFO_FLAG_CAPS:
             caps = _parse_caps(buf, info.cap_offset)
+            toff = caps.get(U.VFIO_REGION_INFO_CAP_TYPE)
+            if toff is not None:
+                t = U.vfio_region_info_cap_type.parse(buf, toff)
+                rtype = (t.type, t.subtype)
             off = caps.get(U.VFIO_REGION_INFO_CAP_SPARSE_MMAP)
             if off is not None:
                 cap = U.vfio_region_info_cap_sparse_mmap.parse(buf, off)
@@ -196,9 +236,19 @@ class Device:
                 for i in range(cap.nr_areas):
                     a = U.vfio_region_sparse_mmap_area.parse(buf, base + i * step)
                     sparse.append((a.offset, a.size))
-        region = Region(self, index, info.flags, info.size, info.offset, sparse)
+        region = Region(self, index, info.flags, info.size, info.offset, sparse, rtype)
         self._regions[index] = region
         return region
+
+    def find_region(self, type: int, subtype: int) -> Region | None:
+        """The device-specific region of that type (VFIO_REGION_INFO_CAP_TYPE): e.g.
+        (REGION_TYPE_PCI_VENDOR | 0x8086, VFIO_REGION_SUBTYPE_INTEL_IGD_OPREGION); None
+        if the device has none."""
+        for index in range(U.VFIO_PCI_NUM_REGIONS, self.info.num_regions):
+            region = self.region(index)
+            if region.type == (type, subtype):
+                return region
+        return None
 
     def bar(self, n: int) -> Region:
         if not 0 <= n <= 5:
@@ -217,7 +267,7 @@ class Device:
     # -- interrupts -------------------------------------------------------------------------
     def irq_info(self, index: int) -> IrqInfo:
         self._live()
-        buf = U.vfio_irq_info(ctypes.sizeof(U.vfio_irq_info), 0, index).to_bytes()
+        buf = U.vfio_irq_info.new(index=index).to_bytes()
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_IRQ_INFO, buf)
         info = U.vfio_irq_info.parse(buf)
         return IrqInfo(index, info.flags, info.count)
@@ -231,15 +281,19 @@ class Device:
         eventfds: list[int] | None = None,
         bools: list[bool] | None = None,
     ) -> None:
-        """VFIO_DEVICE_SET_IRQS with eventfd (s32 each) or bool (u8 each) data, or none."""
+        """VFIO_DEVICE_SET_IRQS with eventfd (s32 each) or bool (u8 each) data, or none.
+
+        The eventfds are packed in the CPU's byte order: the kernel reads them as native
+        integers (s390x, a big VFIO platform, is big-endian).
+        """
         self._live()
         if eventfds is not None:
-            data = struct.pack(f"<{len(eventfds)}i", *eventfds)
+            data = _fd_array(eventfds)
         elif bools is not None:
             data = bytes(int(bool(b)) for b in bools)
         else:
             data = b""
-        hdr = U.vfio_irq_set(ctypes.sizeof(U.vfio_irq_set) + len(data), flags, index, start, count)
+        hdr = U.vfio_irq_set.new(len(data), flags=flags, index=index, start=start, count=count)
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_SET_IRQS, hdr.to_bytes() + data)
 
     # -- reset and features -----------------------------------------------------------------
@@ -253,7 +307,7 @@ class Device:
         """Which devices a bus reset would hit: [(address, group or devid)]."""
         self._live()
         size = ctypes.sizeof(U.vfio_pci_hot_reset_info)
-        buf = U.vfio_pci_hot_reset_info(size).to_bytes()
+        buf = U.vfio_pci_hot_reset_info.new().to_bytes()
         try:
             self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf)
         except VfiokitError as exc:
@@ -261,7 +315,7 @@ class Device:
                 raise
         count = U.vfio_pci_hot_reset_info.parse(buf).count
         step = ctypes.sizeof(U.vfio_pci_dependent_device)
-        buf = U.vfio_pci_hot_reset_info(size + count * step).to_bytes() + bytearray(count * step)
+        buf = U.vfio_pci_hot_reset_info.new(count * step).to_bytes() + bytearray(count * step)
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf)
         out = []
         for i in range(U.vfio_pci_hot_reset_info.parse(buf).count):
@@ -278,26 +332,70 @@ class Device:
         """
         self._live()
         fds = group_fds or []
-        size = ctypes.sizeof(U.vfio_pci_hot_reset)
-        arg = U.vfio_pci_hot_reset(size + 4 * len(fds), 0, len(fds)).to_bytes()
-        arg += struct.pack(f"<{len(fds)}i", *fds)
+        data = _fd_array(fds)
+        arg = U.vfio_pci_hot_reset.new(len(data), count=len(fds)).to_bytes() + data
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_PCI_HOT_RESET, arg)
 
     def feature_get(self, feature: int, size: int) -> bytes:
         """VFIO_DEVICE_FEATURE GET of `size` bytes of payload."""
         self._live()
-        hdr = U.vfio_device_feature(
-            ctypes.sizeof(U.vfio_device_feature) + size, feature | U.VFIO_DEVICE_FEATURE_GET
-        )
+        hdr = U.vfio_device_feature.new(size, flags=_feature(feature) | U.VFIO_DEVICE_FEATURE_GET)
         buf = hdr.to_bytes() + bytearray(size)
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_FEATURE, buf)
         return bytes(buf[ctypes.sizeof(hdr) :])
 
+    def feature_set(self, feature: int, data: bytes = b"") -> None:
+        """VFIO_DEVICE_FEATURE SET with `data` as the payload."""
+        self._live()
+        hdr = U.vfio_device_feature.new(
+            len(data), flags=_feature(feature) | U.VFIO_DEVICE_FEATURE_SET
+        )
+        self.sys.ioctl(self.fd, U.VFIO_DEVICE_FEATURE, hdr.to_bytes() + data)
+
+    def feature_probe(self, feature: int, *, get: bool = False, set: bool = False) -> bool:
+        """VFIO_DEVICE_FEATURE PROBE: does the device have `feature`, with GET and/or SET
+        where asked? False for an unknown feature (ENOTTY) or an unsupported operation
+        (EINVAL); other errors are raised."""
+        self._live()
+        flags = _feature(feature) | U.VFIO_DEVICE_FEATURE_PROBE
+        flags |= (U.VFIO_DEVICE_FEATURE_GET if get else 0) | (
+            U.VFIO_DEVICE_FEATURE_SET if set else 0
+        )
+        try:
+            self.sys.ioctl(
+                self.fd, U.VFIO_DEVICE_FEATURE, U.vfio_device_feature.new(flags=flags).to_bytes()
+            )
+        except VfiokitError as exc:
+            if exc.errno in (E.ENOTTY, E.EINVAL, E.EOPNOTSUPP):
+                return False
+            raise
+        return True
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            fd, self.fd = self.fd, -1
+            warn_unclosed(self, self.sys, [fd])
+
     def close(self) -> None:
+        """Close the device fd and drop the regions' mmaps; a second close does nothing.
+
+        The fd is closed on every path. If a view of a region's mmap is still held, that
+        mapping lives on until the view goes (it keeps the device open through its own
+        reference), and close() raises Busy once everything else is closed.
+        """
         if self.fd < 0:
             return
+        fd, self.fd = self.fd, -1
+        first: BaseException | None = None
         for r in self._regions.values():
-            r.close()
+            try:
+                r.close()
+            except BaseException as exc:
+                first = first or exc
         self._regions.clear()
-        self.sys.close(self.fd)
-        self.fd = -1
+        try:
+            self.sys.close(fd)
+        except BaseException as exc:
+            first = first or exc
+        if first is not None:
+            raise first

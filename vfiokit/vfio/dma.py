@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno as E
 import mmap
+import threading
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import InvalidArgument, VfiokitError
+from ..errors import Busy, InvalidArgument, VfiokitError
 from .iommu import DmaSpace, IovaRange
-from .sys import VfioError
+from .sys import Syscalls, VfioError
 
 PAGE = mmap.PAGESIZE
 
@@ -22,7 +25,8 @@ class IovaAllocator:
     """First-fit allocation of IOVA ranges within the IOMMU's usable ranges.
 
     `limit` is the highest IOVA the device can address (its DMA mask); `reserve_low` keeps
-    the first pages out (IOVA 0 makes a NULL-looking DMA address).
+    the first pages out (IOVA 0 makes a NULL-looking DMA address). Thread-safe: buffers
+    may be made and closed from any thread.
     """
 
     ranges: list[IovaRange]
@@ -30,11 +34,16 @@ class IovaAllocator:
     align: int = PAGE
     reserve_low: int = PAGE
     used: dict[int, int] = field(default_factory=dict)  # iova -> size
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def alloc(self, size: int) -> int:
         if size <= 0:
             raise InvalidArgument(f"DMA size {size} must be positive")
         size = _align_up(size, self.align)
+        with self._lock:
+            return self._alloc(size)
+
+    def _alloc(self, size: int) -> int:
         taken = sorted(self.used.items())
         for first, last in sorted(self.ranges):
             cur = _align_up(max(first, self.reserve_low), self.align)
@@ -55,38 +64,54 @@ class IovaAllocator:
         )
 
     def free(self, iova: int) -> None:
-        if self.used.pop(iova, None) is None:
+        with self._lock:
+            size = self.used.pop(iova, None)
+        if size is None:
             raise InvalidArgument(f"IOVA {iova:#x} was not allocated")
 
 
 class DmaBuffer:
-    """Anonymous, page-aligned memory mapped for the device at `iova`.
+    """Anonymous memory mapped for the device at `iova`, its address, size and IOVA
+    multiples of the IOMMU's alignment (the allocator's `align`: a page, or more).
 
     `view` is a memoryview of the buffer; the device sees the same bytes at `iova`.
+    `on_close`, if given, is called once the buffer is closed (the session forgets it).
     """
 
     def __init__(
         self,
         space: DmaSpace,
-        sys,
+        sys: Syscalls,
         allocator: IovaAllocator,
         size: int,
         *,
         readable: bool = True,
         writable: bool = True,
+        on_close: Callable[[DmaBuffer], None] | None = None,
     ):
-        self.size = _align_up(size, PAGE)
+        self._on_close = on_close
+        self.closed = True  # until it is mapped
+        align = max(PAGE, allocator.align)
+        self.size = _align_up(size, align)
         self._space = space
         self._alloc = allocator
-        self._mem = sys.anon_mmap(self.size)
-        self.iova = allocator.alloc(self.size)
-        self.vaddr = sys.address_of(self._mem)
+        # Room to start at an `align` boundary where the IOMMU's pages are larger than
+        # the CPU's (mmap only promises a CPU page).
+        self._mem = sys.anon_mmap(self.size + align - PAGE)
+        base = sys.address_of(self._mem)
+        skip = -base % align
+        self.vaddr = base + skip
+        try:
+            self.iova = allocator.alloc(self.size)
+        except BaseException:
+            self._mem.close()
+            raise
         try:
             space.map(self.vaddr, self.iova, self.size, readable=readable, writable=writable)
-        except VfioError as exc:
+        except BaseException as exc:
             allocator.free(self.iova)
             self._mem.close()
-            if exc.errno == E.ENOMEM:
+            if isinstance(exc, VfioError) and exc.errno == E.ENOMEM:
                 raise VfioError(
                     f"DMA map of {self.size} bytes",
                     E.ENOMEM,
@@ -95,16 +120,45 @@ class DmaBuffer:
                 ) from exc
             raise
         self.view = memoryview(self._mem)
+        if len(self.view) != self.size:  # the aligned window of a larger mapping
+            whole = self.view
+            self.view = whole[skip : skip + self.size]
+            whole.release()  # the slice keeps the mapping exported, not this view
         self.closed = False
 
     def close(self) -> None:
+        """Unmap the buffer from the device, give its IOVA back and free the memory.
+
+        If the unmap fails, nothing has changed: the error is raised, the buffer stays open
+        and close() can be tried again. Once unmapped the buffer is closed whatever else
+        happens; if a view derived from `view` (a slice, a cast, a ctypes array) is still
+        alive, the memory, no longer visible to the device, is freed when the last such
+        view goes, and close() raises Busy to say so. A second close does nothing.
+        """
         if self.closed:
             return
         self._space.unmap(self.iova, self.size)
-        self._alloc.free(self.iova)
-        self.view.release()
-        self._mem.close()
         self.closed = True
+        self._alloc.free(self.iova)
+        held = False
+        try:
+            self.view.release()
+            self._mem.close()
+        except BufferError:
+            held = True  # the views keep the mmap alive; it goes with the last of them
+        if self._on_close is not None:
+            self._on_close(self)
+        if held:
+            raise Busy(
+                f"DMA buffer at IOVA {self.iova:#x} is unmapped, but views of its memory "
+                "are still in use; the memory is freed when the last one goes",
+                remedy="release() views derived from buf.view before close()",
+            )
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            # No unmap from a finalizer: the mapping goes with the container or iommufd.
+            warnings.warn("unclosed DmaBuffer", ResourceWarning, source=self, stacklevel=2)
 
     def __enter__(self) -> DmaBuffer:
         return self

@@ -4,7 +4,7 @@ machine without VFIO): no root, no /dev/vfio.
 
     fake = FakeSyscalls()
     dev = fake.add_device("0000:00:04.0", group="3", cdev="vfio0")
-    vd = VfioDevice("0000:00:04.0", sys=fake, sysroot=fake_sysroot)
+    vd = VfioDevice("0000:00:04.0", sys=fake, sysroot=fake.sysroot(tmpdir))
     fake.fire(dev, 0)            # the device raises INTx: its eventfd is signalled
 
 Errors can be injected per ioctl: ``fake.fail(uapi.VFIO_SET_IOMMU, errno.EPERM)``.
@@ -16,12 +16,14 @@ import ctypes
 import errno as E
 import mmap
 import os
-import select
 import struct
 from dataclasses import dataclass, field
+from mmap import mmap as Mmap
+from pathlib import Path
 
+from ..sysroot import SysRoot
 from . import uapi as U
-from .sys import VfioError, _ioctl_name, error
+from .sys import VfioError, _ioctl_name, error, error_for, poll_readable
 
 REGION_SHIFT = 40
 
@@ -32,6 +34,16 @@ class FakeRegion:
     size: int
     data: bytearray
     sparse: list[tuple[int, int]] | None = None
+    type: tuple[int, int] | None = None  # VFIO_REGION_INFO_CAP_TYPE (type, subtype)
+
+
+@dataclass
+class FakeFeature:
+    """A VFIO_DEVICE_FEATURE the device answers: GET returns `data`, SET replaces it."""
+
+    get: bool = True
+    set: bool = True
+    data: bytearray = field(default_factory=bytearray)
 
 
 @dataclass
@@ -47,8 +59,11 @@ class FakeDevice:
     triggers: dict[int, list[int]] = field(default_factory=dict)  # index -> eventfds
     masked: bool = False
     unmask_ioctls: int = 0
+    unmask_eventfd: int = -1  # the real eventfd of ACTION_UNMASK | DATA_EVENTFD, or -1
+    unmask_eventfd_writes: int = 0
     command_writes: list[bytes] = field(default_factory=list)
     resets: int = 0
+    features: dict[int, FakeFeature] = field(default_factory=dict)
     bound_iommufd: int | None = None
     attached_ioas: int | None = None
 
@@ -61,13 +76,18 @@ class _Fd:
 
 class FakeSyscalls:
     def __init__(
-        self, *, memlock: int = 64 << 20, iova_ranges: list[tuple[int, int]] | None = None
+        self,
+        *,
+        memlock: int = 64 << 20,
+        iova_ranges: list[tuple[int, int]] | None = None,
+        pgsizes: int = 0x1000,
     ):
         self.devices: dict[str, FakeDevice] = {}
         self.fds: dict[int, _Fd] = {}
         self._next_fd = 1000
         self.memlock = memlock
         self.iova_ranges = iova_ranges or [(0, 0xFEDFFFFF), (0xFEF00000, (1 << 48) - 1)]
+        self.pgsizes = pgsizes  # type1's iova_pgsizes; iommufd's alignment is its lowest bit
         self.mappings: dict[int, tuple[int, int]] = {}  # iova -> (vaddr, size)
         self.failures: dict[int, list[int]] = {}
         self.container_groups: list[str] = []
@@ -127,6 +147,30 @@ class FakeSyscalls:
         if vector < len(fds) and fds[vector] >= 0:
             os.eventfd_write(fds[vector], 1)
 
+    def sysroot(self, root: str | os.PathLike[str]) -> SysRoot:
+        """The least sysfs and /dev the session needs for the devices added so far, laid
+        out under `root` as the kernel lays them out (a richer fake host for the CLI and
+        the host model: tests/fakesys.py)."""
+        top = Path(root)
+        for dev in self.devices.values():
+            d = top / "sys/devices/pci0000:00" / dev.address
+            d.mkdir(parents=True, exist_ok=True)
+            if dev.cdev is not None:
+                (d / "vfio-dev" / dev.cdev).mkdir(parents=True, exist_ok=True)
+            g = top / "sys/kernel/iommu_groups" / dev.group / "devices"
+            g.mkdir(parents=True, exist_ok=True)
+            for link, target in (
+                (top / "sys/bus/pci/devices" / dev.address, d),
+                (d / "iommu_group", g.parent),
+                (g / dev.address, d),
+            ):
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.is_symlink():
+                    link.symlink_to(os.path.relpath(target, link.parent))
+        (top / "dev").mkdir(parents=True, exist_ok=True)
+        (top / "dev/iommu").touch()
+        return SysRoot(top)
+
     @property
     def open_fds(self) -> int:
         return len(self.fds)
@@ -141,14 +185,14 @@ class FakeSyscalls:
     def _get(self, fd: int, *kinds: str) -> _Fd:
         f = self.fds.get(fd)
         if f is None:
-            raise VfioError("fake", E.EBADF)
+            raise error_for("fake", E.EBADF)
         if kinds and f.kind not in kinds:
-            raise VfioError("fake", E.ENOTTY)
+            raise error_for("fake", E.ENOTTY)
         return f
 
     @staticmethod
     def _oserror(op: str, code: int) -> VfioError:
-        return error(op, OSError(code, os.strerror(code)))  # type: ignore[return-value]
+        return error(op, OSError(code, os.strerror(code)))
 
     # -- Syscalls ---------------------------------------------------------------------------
     def open(self, path: str, flags: int = os.O_RDWR) -> int:
@@ -176,6 +220,7 @@ class FakeSyscalls:
             os.close(f.obj)  # type: ignore[arg-type]
         if f.kind in ("device", "cdev") and isinstance(f.obj, FakeDevice):
             f.obj.triggers.clear()
+            f.obj.unmask_eventfd = -1
 
     def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         pending = self.failures.get(request)
@@ -183,7 +228,8 @@ class FakeSyscalls:
             raise self._oserror(_ioctl_name(request), pending.pop(0))
         f = self._get(fd)
         handler = getattr(self, f"_ioctl_{f.kind}")
-        return handler(f, request, arg)
+        rc: int = handler(f, request, arg)
+        return rc
 
     def _ioctl_container(self, f: _Fd, req: int, arg: int | bytearray) -> int:
         if req == U.VFIO_GET_API_VERSION:
@@ -204,7 +250,9 @@ class FakeSyscalls:
                 m = U.vfio_iommu_type1_dma_map.parse(arg)  # type: ignore[arg-type]
                 return self._map(m.vaddr, m.iova, m.size)
             u = U.vfio_iommu_type1_dma_unmap.parse(arg)  # type: ignore[arg-type]
-            return self._unmap(u.iova, u.size)
+            u.size = self._unmap(u.iova, u.size, nothing_is_ok=True)
+            arg[: ctypes.sizeof(u)] = bytes(u)  # type: ignore[index]
+            return 0
         raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
 
     def _iommu_info(self, buf: bytearray) -> int:
@@ -215,21 +263,33 @@ class FakeSyscalls:
         argsz = U.vfio_iommu_type1_info.parse(buf).argsz
         flags = U.VFIO_IOMMU_INFO_PGSIZES | U.VFIO_IOMMU_INFO_CAPS
         if argsz < need:
-            buf[:base] = bytes(U.vfio_iommu_type1_info(need, flags, 0x1000, 0))
+            buf[:base] = bytes(
+                U.vfio_iommu_type1_info(argsz=need, flags=flags, iova_pgsizes=self.pgsizes)
+            )
             return 0
-        buf[:base] = bytes(U.vfio_iommu_type1_info(need, flags, 0x1000, base))
-        hdr = U.vfio_info_cap_header(U.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, 1, 0)
+        buf[:base] = bytes(
+            U.vfio_iommu_type1_info(
+                argsz=need, flags=flags, iova_pgsizes=self.pgsizes, cap_offset=base
+            )
+        )
+        hdr = U.vfio_info_cap_header(id=U.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, version=1)
         buf[base : base + cap] = bytes(
-            U.vfio_iommu_type1_info_cap_iova_range(hdr, len(self.iova_ranges), 0)
+            U.vfio_iommu_type1_info_cap_iova_range(header=hdr, nr_iovas=len(self.iova_ranges))
         )
         for i, (a, b) in enumerate(self.iova_ranges):
             buf[base + cap + i * step : base + cap + (i + 1) * step] = bytes(
-                U.vfio_iova_range(a, b)
+                U.vfio_iova_range(start=a, end=b)
             )
         return 0
 
+    @property
+    def alignment(self) -> int:
+        """The smallest IOMMU page (type1's check; iommufd's out_iova_alignment)."""
+        return max(mmap.PAGESIZE, self.pgsizes & -self.pgsizes)
+
     def _map(self, vaddr: int, iova: int, size: int) -> int:
-        if size == 0 or iova % mmap.PAGESIZE or size % mmap.PAGESIZE:
+        align = self.alignment
+        if size == 0 or iova % align or size % align or vaddr % align:
             raise self._oserror("DMA map", E.EINVAL)
         if not any(a <= iova and iova + size - 1 <= b for a, b in self.iova_ranges):
             raise self._oserror("DMA map", E.EINVAL)
@@ -241,11 +301,21 @@ class FakeSyscalls:
         self.mappings[iova] = (vaddr, size)
         return 0
 
-    def _unmap(self, iova: int, size: int) -> int:
-        if self.mappings.get(iova, (0, -1))[1] != size:
+    def _unmap(self, iova: int, size: int, nothing_is_ok: bool = False) -> int:
+        """Unmap the mappings within [iova, iova + size): the bytes unmapped. One only
+        partly inside is EINVAL; none at all is success with 0 bytes for type1
+        (`nothing_is_ok`), ENOENT for iommufd."""
+        if size == 0 or iova % self.alignment or size % self.alignment:
             raise self._oserror("DMA unmap", E.EINVAL)
-        del self.mappings[iova]
-        return 0
+        hit = []
+        for start, (_, length) in self.mappings.items():
+            if start < iova + size and iova < start + length:
+                if start < iova or start + length > iova + size:
+                    raise self._oserror("DMA unmap", E.EINVAL)
+                hit.append(start)
+        if not hit and not nothing_is_ok:
+            raise self._oserror("DMA unmap", E.ENOENT)
+        return sum(self.mappings.pop(start)[1] for start in hit)
 
     def _ioctl_group(self, f: _Fd, req: int, arg: int | bytearray) -> int:
         group = f.obj
@@ -253,24 +323,24 @@ class FakeSyscalls:
             flags = U.VFIO_GROUP_FLAGS_VIABLE
             if group in self.container_groups:
                 flags |= U.VFIO_GROUP_FLAGS_CONTAINER_SET
-            arg[:8] = bytes(U.vfio_group_status(8, flags))  # type: ignore[index]
+            arg[:8] = bytes(U.vfio_group_status(argsz=8, flags=flags))  # type: ignore[index]
             return 0
         if req == U.VFIO_GROUP_SET_CONTAINER:
-            cfd = struct.unpack("<i", bytes(arg[:4]))[0]  # type: ignore[index]
+            cfd = struct.unpack("=i", bytes(arg[:4]))[0]  # type: ignore[index]
             self._get(cfd, "container")
             self.container_groups.append(group)  # type: ignore[arg-type]
             return 0
         if req == U.VFIO_GROUP_GET_DEVICE_FD:
             if group not in self.container_groups or not self.iommu_set:
                 raise self._oserror("VFIO_GROUP_GET_DEVICE_FD", E.EINVAL)
-            name = bytes(arg).split(b"\0", 1)[0].decode()  # type: ignore[arg-type]
+            name = bytes(arg).split(b"\0", 1)[0].decode()
             dev = self.devices.get(name)
             if dev is None or dev.group != group:
                 raise self._oserror("VFIO_GROUP_GET_DEVICE_FD", E.ENODEV)
             return self._new("device", dev)
         raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
 
-    def _ioctl_iommufd(self, f: _Fd, req: int, arg: bytearray) -> int:  # type: ignore[override]
+    def _ioctl_iommufd(self, f: _Fd, req: int, arg: bytearray) -> int:
         if req == U.IOMMU_IOAS_ALLOC:
             a = U.iommu_ioas_alloc.parse(arg)
             a.out_ioas_id = self.ioas_next
@@ -280,13 +350,14 @@ class FakeSyscalls:
         if req == U.IOMMU_IOAS_IOVA_RANGES:
             r = U.iommu_ioas_iova_ranges.parse(arg)
             n = len(self.iova_ranges)
+            r.out_iova_alignment = self.alignment
             if r.num_iovas < n:
                 r.num_iovas = n
                 arg[: ctypes.sizeof(r)] = bytes(r)
                 raise self._oserror("IOMMU_IOAS_IOVA_RANGES", E.EMSGSIZE)
             out = (U.iommu_iova_range * n).from_address(r.allowed_iovas)
-            for i, (a, b) in enumerate(self.iova_ranges):
-                out[i].start, out[i].last = a, b
+            for i, (first, last) in enumerate(self.iova_ranges):
+                out[i].start, out[i].last = first, last
             r.num_iovas = n
             arg[: ctypes.sizeof(r)] = bytes(r)
             return 0
@@ -297,7 +368,9 @@ class FakeSyscalls:
             return self._map(m.user_va, m.iova, m.length)
         if req == U.IOMMU_IOAS_UNMAP:
             u = U.iommu_ioas_unmap.parse(arg)
-            return self._unmap(u.iova, u.length)
+            u.length = self._unmap(u.iova, u.length)
+            arg[: ctypes.sizeof(u)] = bytes(u)
+            return 0
         raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
 
     def _ioctl_cdev(self, f: _Fd, req: int, arg: int | bytearray) -> int:
@@ -321,7 +394,11 @@ class FakeSyscalls:
         buf: bytearray = arg  # type: ignore[assignment]
         if req == U.VFIO_DEVICE_GET_INFO:
             flags = U.VFIO_DEVICE_FLAGS_PCI | (U.VFIO_DEVICE_FLAGS_RESET if dev.can_reset else 0)
-            buf[:24] = bytes(U.vfio_device_info(24, flags, U.VFIO_PCI_NUM_REGIONS, 5, 0, 0))
+            buf[:24] = bytes(
+                U.vfio_device_info(
+                    argsz=24, flags=flags, num_regions=self._num_regions(dev), num_irqs=5
+                )
+            )
             return 0
         if req == U.VFIO_DEVICE_GET_REGION_INFO:
             return self._region_info(dev, buf)
@@ -330,7 +407,9 @@ class FakeSyscalls:
             if info.index > 4:
                 raise self._oserror("VFIO_DEVICE_GET_IRQ_INFO", E.EINVAL)
             flags, count = dev.irqs.get(info.index, (U.VFIO_IRQ_INFO_EVENTFD, 0))
-            buf[:16] = bytes(U.vfio_irq_info(16, flags, info.index, count))
+            buf[:16] = bytes(
+                U.vfio_irq_info(argsz=16, flags=flags, index=info.index, count=count)
+            )
             return 0
         if req == U.VFIO_DEVICE_SET_IRQS:
             return self._set_irqs(dev, bytes(buf))
@@ -340,44 +419,101 @@ class FakeSyscalls:
             dev.resets += 1
             return 0
         if req == U.VFIO_DEVICE_FEATURE:
-            hdr = U.vfio_device_feature.parse(buf)
-            if (hdr.flags & 0xFFFF) != U.VFIOKIT_DEVICE_FEATURE_INTX_STATE or not dev.vfiokit:
-                raise self._oserror("VFIO_DEVICE_FEATURE", E.ENOTTY)
-            st = U.vfiokit_intx_state(1, U.VFIOKIT_INTX_ADAPTIVE, 20, dev.mask_device)
-            st.masked = int(dev.masked)
+            return self._feature(dev, buf)
+        raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
+
+    def add_region(
+        self, dev: FakeDevice, index: int, size: int, type: tuple[int, int] | None = None
+    ) -> FakeRegion:
+        """A device-specific region (index >= VFIO_PCI_NUM_REGIONS), readable."""
+        r = FakeRegion(U.VFIO_REGION_INFO_FLAG_READ, size, bytearray(size), type=type)
+        dev.regions[index] = r
+        return r
+
+    def _feature(self, dev: FakeDevice, buf: bytearray) -> int:
+        """vfio_check_feature()'s rules: GET or SET (PROBE: either or none), argsz
+        covering the payload, ENOTTY for a feature the device lacks, EINVAL for an
+        operation it lacks."""
+        hdr = U.vfio_device_feature.parse(buf)
+        feature = hdr.flags & U.VFIO_DEVICE_FEATURE_MASK
+        get = bool(hdr.flags & U.VFIO_DEVICE_FEATURE_GET)
+        set_ = bool(hdr.flags & U.VFIO_DEVICE_FEATURE_SET)
+        probe = bool(hdr.flags & U.VFIO_DEVICE_FEATURE_PROBE)
+        if hdr.argsz < 8 or (get and set_ and not probe):
+            raise self._oserror("VFIO_DEVICE_FEATURE", E.EINVAL)
+        if feature == U.VFIOKIT_DEVICE_FEATURE_INTX_STATE and dev.vfiokit:
+            if set_:
+                raise self._oserror("VFIO_DEVICE_FEATURE", E.EINVAL)
+            if probe:
+                return 0
+            st = U.vfiokit_intx_state(
+                version=1,
+                mode=U.VFIOKIT_INTX_ADAPTIVE,
+                irq=20,
+                mask_device=dev.mask_device,
+                masked=int(dev.masked),
+            )
             buf[8 : 8 + ctypes.sizeof(st)] = bytes(st)
             return 0
-        raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
+        f = dev.features.get(feature)
+        if f is None:
+            raise self._oserror("VFIO_DEVICE_FEATURE", E.ENOTTY)
+        if (get and not f.get) or (set_ and not f.set) or not (get or set_ or probe):
+            raise self._oserror("VFIO_DEVICE_FEATURE", E.EINVAL)
+        if probe:
+            return 0
+        if get:
+            if hdr.argsz < 8 + len(f.data):
+                raise self._oserror("VFIO_DEVICE_FEATURE", E.EINVAL)
+            buf[8 : 8 + len(f.data)] = f.data
+        else:
+            f.data[:] = buf[8 : hdr.argsz]
+        return 0
 
     def _region_info(self, dev: FakeDevice, buf: bytearray) -> int:
         info = U.vfio_region_info.parse(buf)
-        if info.index >= U.VFIO_PCI_NUM_REGIONS:
+        if info.index >= self._num_regions(dev):
             raise self._oserror("VFIO_DEVICE_GET_REGION_INFO", E.EINVAL)
         r = dev.regions.get(info.index)
         size, flags = (r.size, r.flags) if r else (0, 0)
         base = ctypes.sizeof(U.vfio_region_info)
-        need = base
+        hsize = ctypes.sizeof(U.vfio_info_cap_header)
+        caps: list[tuple[int, bytes]] = []  # (cap id, its body after the header)
         if r and r.sparse is not None:
+            body = bytes(U.vfio_region_info_cap_sparse_mmap(nr_areas=len(r.sparse)))[hsize:]
+            for o, sz in r.sparse:
+                body += bytes(U.vfio_region_sparse_mmap_area(offset=o, size=sz))
+            caps.append((U.VFIO_REGION_INFO_CAP_SPARSE_MMAP, body))
+        if r and r.type is not None:
+            caps.append((U.VFIO_REGION_INFO_CAP_TYPE, struct.pack("=II", *r.type)))
+        need = base + sum(hsize + len(body) for _, body in caps)
+        if caps:
             flags |= U.VFIO_REGION_INFO_FLAG_CAPS
-            need += ctypes.sizeof(U.vfio_region_info_cap_sparse_mmap)
-            need += len(r.sparse) * ctypes.sizeof(U.vfio_region_sparse_mmap_area)
-        offset = info.index << REGION_SHIFT
-        if info.argsz < need:
-            buf[:base] = bytes(U.vfio_region_info(need, flags, info.index, 0, size, offset))
-            return 0
-        cap_off = base if need > base else 0
-        buf[:base] = bytes(U.vfio_region_info(need, flags, info.index, cap_off, size, offset))
-        if cap_off and r and r.sparse is not None:
-            hdr = U.vfio_info_cap_header(U.VFIO_REGION_INFO_CAP_SPARSE_MMAP, 1, 0)
-            cap = U.vfio_region_info_cap_sparse_mmap(hdr, len(r.sparse), 0)
-            pos = base + ctypes.sizeof(cap)
-            buf[base:pos] = bytes(cap)
-            step = ctypes.sizeof(U.vfio_region_sparse_mmap_area)
-            for i, (o, s) in enumerate(r.sparse):
-                buf[pos + i * step : pos + (i + 1) * step] = bytes(
-                    U.vfio_region_sparse_mmap_area(o, s)
+        fits = info.argsz >= need
+        buf[:base] = bytes(
+            U.vfio_region_info(
+                argsz=need,
+                flags=flags,
+                index=info.index,
+                cap_offset=base if caps and fits else 0,
+                size=size,
+                offset=info.index << REGION_SHIFT,
+            )
+        )
+        if fits:
+            pos = base
+            for i, (cap_id, body) in enumerate(caps):
+                end = pos + hsize + len(body)
+                hdr = U.vfio_info_cap_header(
+                    id=cap_id, version=1, next=end if i + 1 < len(caps) else 0
                 )
+                buf[pos:end] = bytes(hdr) + body
+                pos = end
         return 0
+
+    @staticmethod
+    def _num_regions(dev: FakeDevice) -> int:
+        return max(U.VFIO_PCI_NUM_REGIONS, max(dev.regions) + 1)
 
     def _set_irqs(self, dev: FakeDevice, data: bytes) -> int:
         hdr = U.vfio_irq_set.parse(data)
@@ -398,7 +534,7 @@ class FakeSyscalls:
         payload = data[20:]
         if action == U.VFIO_IRQ_SET_ACTION_TRIGGER:
             if dtype == U.VFIO_IRQ_SET_DATA_EVENTFD:
-                fds = list(struct.unpack(f"<{hdr.count}i", payload[: 4 * hdr.count]))
+                fds = list(struct.unpack(f"={hdr.count}i", payload[: 4 * hdr.count]))
                 for efd in fds:
                     if efd >= 0:
                         self._get(efd, "eventfd")
@@ -407,11 +543,18 @@ class FakeSyscalls:
                     dev.masked = False
             elif hdr.count == 0:
                 dev.triggers.pop(hdr.index, None)
+                if hdr.index == U.VFIO_PCI_INTX_IRQ_INDEX:
+                    dev.unmask_eventfd = -1  # vfio_intx_disable ends the virqfd too
             else:
                 for i in range(hdr.start, hdr.start + hdr.count):
                     fds = dev.triggers.get(hdr.index, [])
                     if i < len(fds) and fds[i] >= 0:
                         os.eventfd_write(fds[i], 1)
+        elif action == U.VFIO_IRQ_SET_ACTION_UNMASK and dtype == U.VFIO_IRQ_SET_DATA_EVENTFD:
+            if hdr.index != U.VFIO_PCI_INTX_IRQ_INDEX or not dev.triggers.get(hdr.index):
+                raise self._oserror("VFIO_DEVICE_SET_IRQS", E.EINVAL)  # INTx not enabled
+            (efd,) = struct.unpack("=i", payload[:4])
+            dev.unmask_eventfd = self._real(efd) if efd >= 0 else -1
         elif action == U.VFIO_IRQ_SET_ACTION_UNMASK:
             dev.unmask_ioctls += 1
             dev.masked = False
@@ -420,8 +563,8 @@ class FakeSyscalls:
         return 0
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
-        dev = self._get(fd, "device", "cdev").obj
-        r = dev.regions.get(offset >> REGION_SHIFT)  # type: ignore[union-attr]
+        dev: FakeDevice = self._get(fd, "device", "cdev").obj  # type: ignore[assignment]
+        r = dev.regions.get(offset >> REGION_SHIFT)
         off = offset & ((1 << REGION_SHIFT) - 1)
         if r is None or off >= r.size:
             raise self._oserror("pread", E.EINVAL)
@@ -445,7 +588,7 @@ class FakeSyscalls:
                 dev.masked = disabled
         return len(data)
 
-    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> mmap.mmap:
+    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> Mmap:
         dev: FakeDevice = self._get(fd, "device", "cdev").obj  # type: ignore[assignment]
         r = dev.regions.get(offset >> REGION_SHIFT)
         off = offset & ((1 << REGION_SHIFT) - 1)
@@ -460,10 +603,10 @@ class FakeSyscalls:
         m[:] = bytes(r.data[off : off + length])
         return m
 
-    def anon_mmap(self, length: int) -> mmap.mmap:
+    def anon_mmap(self, length: int) -> Mmap:
         return mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
-    def address_of(self, buf: mmap.mmap) -> int:
+    def address_of(self, buf: Mmap) -> int:
         return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
     def eventfd(self, nonblock: bool = True) -> int:
@@ -483,12 +626,17 @@ class FakeSyscalls:
         return os.eventfd_read(self._real(fd))
 
     def eventfd_write(self, fd: int, value: int = 1) -> None:
-        os.eventfd_write(self._real(fd), value)
+        real = self._real(fd)
+        for dev in self.devices.values():
+            if dev.unmask_eventfd == real:  # the kernel's virqfd consumes it and unmasks
+                dev.unmask_eventfd_writes += 1
+                dev.masked = False
+                return
+        os.eventfd_write(real, value)
 
     def pollable(self, fd: int) -> int:
         return self._real(fd)
 
     def wait_readable(self, fds: list[int], timeout: float | None) -> list[int]:
         real = {self._real(fd): fd for fd in fds}
-        ready, _, _ = select.select(list(real), [], [], timeout)
-        return [real[r] for r in ready]
+        return [real[r] for r in poll_readable(list(real), timeout)]

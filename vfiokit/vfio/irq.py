@@ -7,7 +7,8 @@
   clear, which is vfio-pci's own config-space unmask) or at the line
   (``VFIO_DEVICE_SET_IRQS`` ``ACTION_UNMASK``). The kernel makes either safe if the state
   changed in between. On stock vfio-pci the mode is vfio-pci's static choice and the unmask
-  is always the ioctl.
+  is always the ioctl. Policy "eventfd" unmasks as QEMU does: a write to an eventfd the
+  kernel watches (``ACTION_UNMASK`` with ``DATA_EVENTFD``), no ioctl per interrupt.
 * :class:`Vectors` — MSI or MSI-X, one eventfd per vector.
 
 The per-interrupt path does no allocation and no sysfs access: buffers are built once.
@@ -17,13 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno as E
+import threading
 from dataclasses import dataclass
 
-from ..errors import Unsupported, VfiokitError
+from ..errors import InvalidArgument, Unsupported, VfiokitError
 from . import uapi as U
 from .device import Device
+from .sys import warn_unclosed
 
 _SET_IRQS, _FEATURE = U.VFIO_DEVICE_SET_IRQS, U.VFIO_DEVICE_FEATURE  # hot path: no lookups
+_BYTE = [bytes([i]) for i in range(256)]  # made once: the device unmask writes these
 PCI_COMMAND_HI = 5  # the command register's high byte: INTx Disable is its bit 2
 INTX_DISABLE_HI = 0x04
 
@@ -56,11 +61,58 @@ class IntxState:
         )
 
 
+POLICIES = ("state", "kernel", "eventfd")
+
+
+def _check_policy(value: str) -> None:
+    if value not in POLICIES:
+        raise InvalidArgument(f"unknown unmask policy {value!r} ({', '.join(POLICIES)})")
+
+
 class _EventfdWaiter:
     """wait(), fileno() and async waiting over one or more eventfds."""
 
     device: Device
     efds: list[int]
+
+    def _disarm(self) -> None:
+        raise NotImplementedError
+
+    def _release(self, disarm: bool = True) -> BaseException | None:
+        """Disarm the trigger (if `disarm`: only what this object armed), then close every
+        eventfd whatever the disarm did; the first error, if any. ENODEV from the disarm
+        (the device is gone: surprise removal) is none: nothing is armed any more."""
+        first: BaseException | None = None
+        if disarm and self.device.fd >= 0:
+            try:
+                self._disarm()
+            except VfiokitError as exc:
+                if exc.errno != E.ENODEV:
+                    first = exc
+        sys = self.device.sys
+        for fd in self.efds:
+            try:
+                sys.close(fd)
+            except BaseException as exc:
+                first = first or exc
+        self.efds = []
+        return first
+
+    def __del__(self) -> None:
+        fds = list(getattr(self, "efds", ()))
+        ufd = getattr(self, "_ufd", -1)
+        if fds:
+            self.efds = []
+            warn_unclosed(self, self.device.sys, fds + ([ufd] if ufd >= 0 else []))
+
+    def close(self) -> None:
+        """Disarm and close the eventfds; they are closed even if the disarm fails (the
+        error is raised afterwards). A second close does nothing."""
+        if not self.efds:
+            return
+        err = self._release()
+        if err is not None:
+            raise err
 
     def fileno(self) -> int:
         """For selectors: readable when the (first) eventfd is signalled."""
@@ -105,7 +157,9 @@ class Intx(_EventfdWaiter):
                 remedy="use MSI or MSI-X",
             )
         self.device = device
-        self.policy = policy
+        _check_policy(policy)
+        self._policy = policy
+        self._ufd = -1  # the unmask eventfd, once policy "eventfd" armed it
         sys = device.sys
         # Blocking: wait() with no time-out is then one read(2), no poll first.
         self.efds = [sys.eventfd(nonblock=False)]
@@ -120,43 +174,103 @@ class Intx(_EventfdWaiter):
             )
         except BaseException:
             sys.close(self.efds[0])
+            self.efds = []
             raise
-        # Built once: the per-interrupt path only issues syscalls with these.
-        self._unmask_arg = U.vfio_irq_set(
-            ctypes.sizeof(U.vfio_irq_set),
-            U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_UNMASK,
-            U.VFIO_PCI_INTX_IRQ_INDEX,
-            0,
-            1,
+        try:
+            self._setup(device, policy)
+        except BaseException:
+            self._release()  # disarmed and closed: the set-up error is the one to see
+            raise
+
+    def _setup(self, device: Device, policy: str) -> None:
+        # Built once per thread: the per-interrupt path only issues syscalls with these.
+        # The kernel writes into the state buffer (fcntl copies every buffer back), so no
+        # two threads share one: each thread gets copies the first time it unmasks.
+        self._tls = threading.local()
+        self._unmask_template = U.vfio_irq_set.new(
+            flags=U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_UNMASK,
+            index=U.VFIO_PCI_INTX_IRQ_INDEX,
+            start=0,
+            count=1,
         ).to_bytes()
         hdr = ctypes.sizeof(U.vfio_device_feature)
         self._state_size = ctypes.sizeof(U.vfiokit_intx_state)
-        self._state_arg = U.vfio_device_feature(
-            hdr + self._state_size,
-            U.VFIOKIT_DEVICE_FEATURE_INTX_STATE | U.VFIO_DEVICE_FEATURE_GET,
+        self._state_template = U.vfio_device_feature.new(
+            self._state_size,
+            flags=U.VFIOKIT_DEVICE_FEATURE_INTX_STATE | U.VFIO_DEVICE_FEATURE_GET,
         ).to_bytes() + bytearray(self._state_size)
         self._mask_device_at = hdr + U.vfiokit_intx_state.mask_device.offset
         self._cmd_hi_offset = device.config.offset + PCI_COMMAND_HI
         self.vfiokit = self._probe_vfiokit()
-        self.policy = policy  # again: the adaptive path needs vfiokit known
-        self.counts = {"line": 0, "device": 0, "kernel": 0}
+        self._n_line = self._n_device = self._n_kernel = self._n_eventfd = 0
+        self._ioctl = device.sys.ioctl  # bound once: the per-interrupt path looks up less
+        self.policy = policy  # after the trigger is armed: "eventfd" needs INTx enabled
 
     @property
     def policy(self) -> str:
         """ "state": read vfiokit-pci's state and unmask at the device or the line;
-        "kernel": one unmask ioctl, vfiokit-pci (or vfio-pci) picks."""
+        "kernel": one unmask ioctl, vfiokit-pci (or vfio-pci) picks;
+        "eventfd": one eventfd write, the kernel unmasks as for the ioctl (armed the first
+        time this policy is chosen; it counts under "eventfd")."""
         return self._policy
 
     @policy.setter
     def policy(self, value: str) -> None:
-        if value not in ("state", "kernel"):
-            raise VfiokitError(f"unknown unmask policy {value!r} (state or kernel)")
+        _check_policy(value)
+        if value == "eventfd" and self._ufd < 0:
+            self._arm_unmask_eventfd()
         self._policy = value
-        self._adaptive = value == "state" and self.vfiokit
+        # The unmask path is chosen here, once, not tested on every interrupt.
+        if value == "eventfd":
+            self.unmask = self._unmask_eventfd  # type: ignore[method-assign]
+        elif value == "state" and self.vfiokit:
+            self.unmask = self._unmask_state  # type: ignore[method-assign]
+        else:
+            self.unmask = self._unmask_kernel  # type: ignore[method-assign]
+
+    def _arm_unmask_eventfd(self) -> None:
+        """VFIO_IRQ_SET_ACTION_UNMASK | DATA_EVENTFD: the kernel unmasks INTx whenever
+        the eventfd is written (its virqfd), as QEMU's KVM path does."""
+        sys = self.device.sys
+        ufd = sys.eventfd()
+        try:
+            self.device.set_irqs(
+                U.VFIO_PCI_INTX_IRQ_INDEX,
+                U.VFIO_IRQ_SET_DATA_EVENTFD | U.VFIO_IRQ_SET_ACTION_UNMASK,
+                0,
+                1,
+                eventfds=[ufd],
+            )
+        except BaseException:
+            sys.close(ufd)
+            raise
+        self._ufd = ufd
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Unmasks so far by how: "line", "device", "kernel" (and "eventfd" once that
+        policy was chosen). A snapshot: plain int counters on the per-interrupt path."""
+        out = {"line": self._n_line, "device": self._n_device, "kernel": self._n_kernel}
+        if self._ufd >= 0 or self._n_eventfd:
+            out["eventfd"] = self._n_eventfd
+        return out
+
+    def unmask_eventfd(self) -> int:
+        """The eventfd whose write unmasks INTx (policy "eventfd" arms it), for a loop
+        that writes it itself; -1 if not armed."""
+        return self._ufd
+
+    def _thread_args(self) -> tuple[bytearray, bytearray]:
+        """This thread's (state, unmask) ioctl buffers, made on its first use."""
+        tls = self._tls
+        tls.args = bytearray(self._state_template), bytearray(self._unmask_template)
+        tls.unmask = tls.args[1]
+        return tls.args  # type: ignore[no-any-return]
 
     def _probe_vfiokit(self) -> bool:
         try:
-            self.device.sys.ioctl(self.device.fd, U.VFIO_DEVICE_FEATURE, self._state_arg)
+            state = self._thread_args()[0]
+            self.device.sys.ioctl(self.device.fd, U.VFIO_DEVICE_FEATURE, state)
             return True
         except VfiokitError as exc:
             if exc.errno in (22, 25, 95):  # EINVAL, ENOTTY, EOPNOTSUPP: stock vfio-pci
@@ -180,25 +294,47 @@ class Intx(_EventfdWaiter):
         return sys.eventfd_read(self._efd)
 
     def unmask(self) -> str:
-        """Unmask after handling the device; returns how: "line", "device" or "kernel"."""
+        """Unmask after handling the device; returns how: "line", "device", "kernel" or
+        "eventfd".
+
+        (The policy setter points `unmask` at the implementation for the policy.)
+        """
+        return self._unmask_kernel()
+
+    def _unmask_state(self) -> str:
         dev = self.device
         sys, fd = dev.sys, dev.fd
-        if self._adaptive:
-            arg = self._state_arg
-            sys.ioctl(fd, _FEATURE, arg)
-            if arg[self._mask_device_at]:
-                # A write of COMMAND unmasks only where the user's INTx Disable changes
-                # (vfio-pci's rule): set it, then clear it, around the byte as it is now.
-                hi = sys.pread(fd, 1, self._cmd_hi_offset)[0] & ~INTX_DISABLE_HI
-                sys.pwrite(fd, bytes([hi | INTX_DISABLE_HI]), self._cmd_hi_offset)
-                sys.pwrite(fd, bytes([hi]), self._cmd_hi_offset)
-                self.counts["device"] += 1
-                return "device"
-            sys.ioctl(fd, _SET_IRQS, self._unmask_arg)
-            self.counts["line"] += 1
-            return "line"
-        sys.ioctl(fd, _SET_IRQS, self._unmask_arg)
-        self.counts["kernel"] += 1
+        try:
+            arg, unmask = self._tls.args
+        except AttributeError:
+            arg, unmask = self._thread_args()
+        ioctl = self._ioctl
+        ioctl(fd, _FEATURE, arg)
+        if arg[self._mask_device_at]:
+            # A write of COMMAND unmasks only where the user's INTx Disable changes
+            # (vfio-pci's rule): set it, then clear it, around the byte as it is now.
+            off = self._cmd_hi_offset
+            hi = sys.pread(fd, 1, off)[0] & ~INTX_DISABLE_HI
+            sys.pwrite(fd, _BYTE[hi | INTX_DISABLE_HI], off)
+            sys.pwrite(fd, _BYTE[hi], off)
+            self._n_device += 1
+            return "device"
+        ioctl(fd, _SET_IRQS, unmask)
+        self._n_line += 1
+        return "line"
+
+    def _unmask_eventfd(self) -> str:
+        self.device.sys.eventfd_write(self._ufd, 1)
+        self._n_eventfd += 1
+        return "eventfd"
+
+    def _unmask_kernel(self) -> str:
+        try:
+            unmask = self._tls.unmask
+        except AttributeError:
+            unmask = self._thread_args()[1]
+        self._ioctl(self.device.fd, _SET_IRQS, unmask)
+        self._n_kernel += 1
         return "kernel"
 
     def mask(self) -> None:
@@ -215,20 +351,24 @@ class Intx(_EventfdWaiter):
             1,
         )
 
-    def close(self) -> None:
-        if not self.efds:
-            return
-        if self.device.fd >= 0:
-            self.device.set_irqs(
-                U.VFIO_PCI_INTX_IRQ_INDEX,
-                U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER,
-                0,
-                0,
-            )
-        for fd in self.efds:
-            self.device.sys.close(fd)
-        self.efds = []
+    def _disarm(self) -> None:
+        self.device.set_irqs(
+            U.VFIO_PCI_INTX_IRQ_INDEX,
+            U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER,
+            0,
+            0,
+        )
+
+    def _release(self, disarm: bool = True) -> BaseException | None:
         self._efd = -1  # wait() after close: EBADF, not a read on a reused fd number
+        first = super()._release(disarm)  # disabling INTx also ends the unmask eventfd's use
+        if self._ufd >= 0:
+            ufd, self._ufd = self._ufd, -1
+            try:
+                self.device.sys.close(ufd)
+            except BaseException as exc:
+                first = first or exc
+        return first
 
 
 class Vectors(_EventfdWaiter):
@@ -243,8 +383,10 @@ class Vectors(_EventfdWaiter):
             raise Unsupported(f"{device.address} offers {info.count} {kind} vectors, not {count}")
         self.device = device
         self.index = index
-        self.efds = [device.sys.eventfd() for _ in range(count)]
+        self.efds = []
         try:
+            for _ in range(count):
+                self.efds.append(device.sys.eventfd())
             device.set_irqs(
                 index,
                 U.VFIO_IRQ_SET_DATA_EVENTFD | U.VFIO_IRQ_SET_ACTION_TRIGGER,
@@ -253,8 +395,9 @@ class Vectors(_EventfdWaiter):
                 eventfds=self.efds,
             )
         except BaseException:
-            for fd in self.efds:
-                device.sys.close(fd)
+            # The eventfds made so far. Nothing to disarm: arming is the last step, and
+            # a disarm here would switch off vectors another object of this index armed.
+            self._release(disarm=False)
             raise
 
     def wait(self, timeout: float | None = None) -> list[int]:
@@ -267,13 +410,7 @@ class Vectors(_EventfdWaiter):
             self.index, U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER, vector, 1
         )
 
-    def close(self) -> None:
-        if not self.efds:
-            return
-        if self.device.fd >= 0:
-            self.device.set_irqs(
-                self.index, U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0
-            )
-        for fd in self.efds:
-            self.device.sys.close(fd)
-        self.efds = []
+    def _disarm(self) -> None:
+        self.device.set_irqs(
+            self.index, U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0
+        )

@@ -9,11 +9,13 @@ VFIO device cdev, and own everything that comes with it until close().
 
 from __future__ import annotations
 
-import ctypes
+import warnings
 from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from ..address import PciAddress
 from ..errors import InvalidArgument, NotFound, Unsupported
+from ..iommu import read_group
 from ..sysroot import SysRoot
 from . import uapi as U
 from .device import Device
@@ -23,6 +25,13 @@ from .irq import Intx, Vectors
 from .sys import RealSyscalls, Syscalls
 
 BACKENDS = ("auto", "legacy", "iommufd")
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closeable)
 
 
 def _cdev_name(sysroot: SysRoot, bdf: str) -> str | None:
@@ -69,16 +78,18 @@ class VfioDevice:
             raise NotFound(f"no PCI device {self.address}", remedy="see `vfiokit list`")
         self.backend = choose_backend(self.sysroot, self.address, backend)
         self._undo: list[Callable[[], None]] = []
-        self._owned: list[object] = []
-        self.device: Device | None = None
+        self._owned: dict[int, _Closeable] = {}  # id -> object, in order of creation
         try:
-            self.dma = self._open_backend(base)
-            self.allocator = IovaAllocator(self.dma.iova_ranges(), limit=dma_limit)
+            self.dma, self.device = self._open_backend(base)
+            align = self.dma.iova_alignment()
+            self.allocator = IovaAllocator(
+                self.dma.iova_ranges(), limit=dma_limit, align=align, reserve_low=align
+            )
         except BaseException:
             self.close()
             raise
 
-    def _open_backend(self, base: str) -> DmaSpace:
+    def _open_backend(self, base: str) -> tuple[DmaSpace, Device]:
         sys = self.sys
         if self.backend == "legacy":
             group = self.sysroot.link_name(f"{base}/iommu_group")
@@ -86,32 +97,39 @@ class VfioDevice:
                 raise Unsupported(f"{self.address} has no IOMMU group", remedy="`vfiokit doctor`")
             container = Container.open(sys)
             self._undo.append(container.close)
-            grp = Group.open(sys, group, container)
+            grp = Group.open(sys, group, container, lambda: self._blockers(group))
             self._undo.append(grp.close)
             fd = grp.device_fd(self.address)
-            self.device = Device(sys, fd, self.address)
-            self._undo.append(self.device.close)
-            return container
+            device = Device(sys, fd, self.address)
+            self._undo.append(device.close)
+            return container, device
         iommufd = IommuFd.open(sys)
         self._undo.append(iommufd.close)
         cdev = _cdev_name(self.sysroot, self.address)
         fd = sys.open(f"/dev/vfio/devices/{cdev}")
-        # Until a Device owns the fd, close it here (after that, Device.close does).
-        self._undo.append(lambda: sys.close(fd) if self.device is None else None)
-        bind = U.vfio_device_bind_iommufd(ctypes.sizeof(U.vfio_device_bind_iommufd), 0, iommufd.fd)
-        sys.ioctl(fd, U.VFIO_DEVICE_BIND_IOMMUFD, bind.to_bytes())
-        attach = U.vfio_device_attach_iommufd_pt(
-            ctypes.sizeof(U.vfio_device_attach_iommufd_pt), 0, iommufd.ioas
-        )
-        sys.ioctl(fd, U.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach.to_bytes())
-        self.device = Device(sys, fd, self.address)
-        self._undo.append(self.device.close)
-        return iommufd
+        try:  # until a Device owns the fd (it does from its constructor on)
+            bind = U.vfio_device_bind_iommufd.new(iommufd=iommufd.fd)
+            sys.ioctl(fd, U.VFIO_DEVICE_BIND_IOMMUFD, bind.to_bytes())
+            attach = U.vfio_device_attach_iommufd_pt.new(pt_id=iommufd.ioas)
+            sys.ioctl(fd, U.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach.to_bytes())
+        except BaseException:
+            sys.close(fd)
+            raise
+        device = Device(sys, fd, self.address)
+        self._undo.append(device.close)
+        return iommufd, device
+
+    def _blockers(self, group: str) -> list[str]:
+        return [f"{m.address} is {why}" for m, why in read_group(self.sysroot, group).blockers()]
 
     # -- things made from the device, closed with it ----------------------------------------
-    def _own(self, obj):
-        self._owned.append(obj)
+    def _own(self, obj: _C) -> _C:
+        self._owned[id(obj)] = obj
         return obj
+
+    def _forget(self, obj: object) -> None:
+        """A buffer closed before the session: the session no longer needs to keep it."""
+        self._owned.pop(id(obj), None)
 
     def intx(self, policy: str = "state") -> Intx:
         return self._own(Intx(self.device, policy))
@@ -125,7 +143,13 @@ class VfioDevice:
     def dma_buffer(self, size: int, *, readable: bool = True, writable: bool = True) -> DmaBuffer:
         return self._own(
             DmaBuffer(
-                self.dma, self.sys, self.allocator, size, readable=readable, writable=writable
+                self.dma,
+                self.sys,
+                self.allocator,
+                size,
+                readable=readable,
+                writable=writable,
+                on_close=self._forget,
             )
         )
 
@@ -133,9 +157,9 @@ class VfioDevice:
     def close(self) -> None:
         """Close everything in reverse order of creation; safe to call twice."""
         errors: list[BaseException] = []
-        for obj in reversed(self._owned):
+        for obj in reversed(list(self._owned.values())):
             try:
-                obj.close()  # type: ignore[attr-defined]
+                obj.close()
             except BaseException as exc:  # keep closing the rest
                 errors.append(exc)
         self._owned.clear()
@@ -147,6 +171,13 @@ class VfioDevice:
         if errors:
             raise errors[0]
 
+    def __del__(self) -> None:
+        if getattr(self, "_undo", None) or getattr(self, "_owned", None):
+            # Its parts close their own fds as they go; no ioctl from a finalizer.
+            warnings.warn(
+                f"unclosed VfioDevice {self.address}", ResourceWarning, source=self, stacklevel=2
+            )
+
     def __enter__(self) -> VfioDevice:
         return self
 
@@ -154,7 +185,7 @@ class VfioDevice:
         self.close()
 
 
-def open_device(address: str, **kwargs) -> VfioDevice:
+def open_device(address: str, **kwargs: Any) -> VfioDevice:
     return VfioDevice(address, **kwargs)
 
 

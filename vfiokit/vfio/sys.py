@@ -3,17 +3,22 @@ reads and writes device fds, maps memory and makes eventfds.
 
 Everything above it talks to a :class:`Syscalls` object, so unit tests swap in the fake
 (vfiokit.vfio.fake.FakeSyscalls) that models the kernel's side of every ioctl used here.
-Errors come out as VfioError: the operation, the errno and a remedy where one is known.
+Errors come out as VfioError: the operation, the errno and a remedy where one is known,
+as the subclass that also is the matching vfiokit error (``except Busy`` catches an EBUSY
+ioctl, ``except PermissionDenied`` an EPERM or EACCES open, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as E
 import fcntl
 import mmap
 import os
 import select
+import warnings
+from mmap import mmap as Mmap
 from typing import Protocol
 
 from ..errors import Busy, NotFound, PermissionDenied, Unsupported, VfiokitError
@@ -28,6 +33,33 @@ class VfioError(VfiokitError):
         self.op = op
 
 
+class VfioPermissionDenied(VfioError, PermissionDenied):
+    """EPERM, EACCES."""
+
+
+class VfioNotFound(VfioError, NotFound):
+    """ENOENT, ENODEV (a device gone: surprise removal), ENXIO."""
+
+
+class VfioBusy(VfioError, Busy):
+    """EBUSY."""
+
+
+class VfioUnsupported(VfioError, Unsupported):
+    """ENOTTY, EOPNOTSUPP: the kernel or the device lacks the operation."""
+
+
+_CLASSES: dict[int, type[VfioError]] = {
+    E.EPERM: VfioPermissionDenied,
+    E.EACCES: VfioPermissionDenied,
+    E.ENOENT: VfioNotFound,
+    E.ENODEV: VfioNotFound,
+    E.ENXIO: VfioNotFound,
+    E.EBUSY: VfioBusy,
+    E.ENOTTY: VfioUnsupported,
+    E.EOPNOTSUPP: VfioUnsupported,
+}
+
 _REMEDIES = {
     E.EACCES: "run as root, or give this user the device with `vfiokit assign BDF --user NAME`",
     E.EPERM: "run as root; for VFIO_SET_IOMMU without interrupt remapping see `vfiokit doctor`",
@@ -38,19 +70,53 @@ _REMEDIES = {
 }
 
 
-def error(op: str, exc: OSError, path: str | None = None) -> VfiokitError:
-    """The VfioError (or a more specific vfiokit error) for an OSError from `op`."""
+def error(op: str, exc: OSError, path: str | None = None) -> VfioError:
+    """The VfioError for an OSError from `op`: the subclass that matches its errno."""
     code = exc.errno or E.EIO
-    err = VfioError(op, code, _REMEDIES.get(code), path)
-    for cls, codes in (
-        (PermissionDenied, (E.EACCES, E.EPERM)),
-        (NotFound, (E.ENOENT,)),
-        (Busy, (E.EBUSY,)),
-        (Unsupported, (E.ENOTTY, E.EOPNOTSUPP)),
-    ):
-        if code in codes:
-            err.exit_code = cls.exit_code
-    return err
+    return error_for(op, code, path)
+
+
+def error_for(op: str, code: int, path: str | None = None) -> VfioError:
+    """The VfioError subclass for `code` (VfioError itself for an errno without one)."""
+    return _CLASSES.get(code, VfioError)(op, code, _REMEDIES.get(code), path)
+
+
+_new_poll, _POLLIN, _POLLNVAL = select.poll, select.POLLIN, select.POLLNVAL
+
+
+def poll_readable(fds: list[int], timeout: float | None) -> list[int]:
+    """The fds among `fds` that are readable within `timeout` seconds (None: no limit).
+
+    poll(2), not select(2): any fd number works (select stops at 1023, and MSI-X has up
+    to 2048 vectors). A closed or invalid fd is an EBADF VfioError, as select's was.
+    """
+    poller = _new_poll()
+    try:
+        for fd in fds:
+            poller.register(fd, _POLLIN)
+    except (ValueError, OverflowError, TypeError) as exc:  # a negative or huge fd number
+        raise error_for("poll", E.EBADF) from exc
+    # Milliseconds, rounded up by poll() itself; negative would mean "for ever".
+    try:
+        events = poller.poll(None if timeout is None else timeout * 1000 if timeout > 0 else 0)
+    except OSError as exc:
+        raise error("poll", exc) from exc
+    ready = []
+    for fd, ev in events:
+        if ev & _POLLNVAL:
+            raise error_for("poll", E.EBADF)
+        ready.append(fd)
+    return ready
+
+
+def warn_unclosed(obj: object, sys: Syscalls, fds: list[int]) -> None:
+    """For __del__ of an object that was never closed: a ResourceWarning, then its fds
+    closed, and nothing else (no ioctl from a finalizer: closing the fds is what makes
+    the kernel release the rest)."""
+    warnings.warn(f"unclosed {type(obj).__name__}", ResourceWarning, source=obj, stacklevel=2)
+    for fd in fds:
+        with contextlib.suppress(BaseException):  # a finalizer has nobody to raise to
+            sys.close(fd)
 
 
 class Syscalls(Protocol):
@@ -59,9 +125,9 @@ class Syscalls(Protocol):
     def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int: ...
     def pread(self, fd: int, size: int, offset: int) -> bytes: ...
     def pwrite(self, fd: int, data: bytes, offset: int) -> int: ...
-    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> mmap.mmap: ...
-    def anon_mmap(self, length: int) -> mmap.mmap: ...
-    def address_of(self, buf: mmap.mmap) -> int: ...
+    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> Mmap: ...
+    def anon_mmap(self, length: int) -> Mmap: ...
+    def address_of(self, buf: Mmap) -> int: ...
     def eventfd(self, nonblock: bool = True) -> int: ...
     def eventfd_read(self, fd: int) -> int: ...
     def eventfd_read_blocking(self, fd: int) -> int: ...
@@ -95,7 +161,8 @@ class RealSyscalls:
             if isinstance(arg, bytearray):
                 if len(arg) == 0:
                     arg = bytearray(1)
-                return fcntl.ioctl(fd, request, arg, True)
+                rc: int = fcntl.ioctl(fd, request, arg, True)
+                return rc
             return fcntl.ioctl(fd, request, arg)
         except OSError as exc:
             raise error(_ioctl_name(request), exc) from exc
@@ -112,31 +179,38 @@ class RealSyscalls:
         except OSError as exc:
             raise error("pwrite", exc) from exc
 
-    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> mmap.mmap:
+    def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> Mmap:
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         try:
             return mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset)
         except OSError as exc:
             raise error("mmap", exc) from exc
 
-    def anon_mmap(self, length: int) -> mmap.mmap:
+    def anon_mmap(self, length: int) -> Mmap:
         try:
             return mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         except OSError as exc:
             raise error("mmap", exc) from exc
 
-    def address_of(self, buf: mmap.mmap) -> int:
+    def address_of(self, buf: Mmap) -> int:
         return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
     def eventfd(self, nonblock: bool = True) -> int:
         flags = os.EFD_CLOEXEC | (os.EFD_NONBLOCK if nonblock else 0)
-        return os.eventfd(0, flags)
+        try:
+            return os.eventfd(0, flags)
+        except OSError as exc:  # EMFILE, ENFILE, ENOMEM
+            raise error("eventfd", exc) from exc
 
     def eventfd_read(self, fd: int) -> int:
         try:
             return os.eventfd_read(fd)
         except BlockingIOError:
             return 0
+        except OSError as exc:
+            raise error("read eventfd", exc) from exc
+        except ValueError as exc:  # a negative fd (an object already closed)
+            raise error_for("read eventfd", E.EBADF) from exc
 
     def eventfd_read_blocking(self, fd: int) -> int:
         """Read a blocking eventfd: sleeps in read(2) until it is signalled."""
@@ -144,13 +218,19 @@ class RealSyscalls:
             return os.eventfd_read(fd)
         except OSError as exc:
             raise error("read eventfd", exc) from exc
+        except ValueError as exc:  # a negative fd (an object already closed)
+            raise error_for("read eventfd", E.EBADF) from exc
 
     def eventfd_write(self, fd: int, value: int = 1) -> None:
-        os.eventfd_write(fd, value)
+        try:
+            os.eventfd_write(fd, value)
+        except OSError as exc:
+            raise error("write eventfd", exc) from exc
+        except ValueError as exc:
+            raise error_for("write eventfd", E.EBADF) from exc
 
     def wait_readable(self, fds: list[int], timeout: float | None) -> list[int]:
-        ready, _, _ = select.select(fds, [], [], timeout)
-        return ready
+        return poll_readable(fds, timeout)
 
     def pollable(self, fd: int) -> int:
         """The fd to hand to selectors/asyncio for an eventfd made here."""

@@ -8,6 +8,7 @@ Bytes only: no syscalls here (see sys.py).
 from __future__ import annotations
 
 import ctypes as C
+from typing import Any, Self
 
 from ioctl_opt import IO
 
@@ -17,7 +18,7 @@ IOMMUFD_CMD_BASE = 0x80
 
 
 def _vfio(n: int) -> int:
-    return IO(VFIO_TYPE, VFIO_BASE + n)
+    return int(IO(VFIO_TYPE, VFIO_BASE + n))
 
 
 VFIO_API_VERSION = 0
@@ -43,11 +44,15 @@ VFIO_DEVICE_BIND_IOMMUFD = _vfio(18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _vfio(19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _vfio(20)
 
-IOMMU_DESTROY = IO(VFIO_TYPE, IOMMUFD_CMD_BASE + 0)
-IOMMU_IOAS_ALLOC = IO(VFIO_TYPE, IOMMUFD_CMD_BASE + 1)
-IOMMU_IOAS_IOVA_RANGES = IO(VFIO_TYPE, IOMMUFD_CMD_BASE + 4)
-IOMMU_IOAS_MAP = IO(VFIO_TYPE, IOMMUFD_CMD_BASE + 5)
-IOMMU_IOAS_UNMAP = IO(VFIO_TYPE, IOMMUFD_CMD_BASE + 6)
+def _iommufd(n: int) -> int:
+    return int(IO(VFIO_TYPE, IOMMUFD_CMD_BASE + n))
+
+
+IOMMU_DESTROY = _iommufd(0)
+IOMMU_IOAS_ALLOC = _iommufd(1)
+IOMMU_IOAS_IOVA_RANGES = _iommufd(4)
+IOMMU_IOAS_MAP = _iommufd(5)
+IOMMU_IOAS_UNMAP = _iommufd(6)
 
 # Extensions (VFIO_CHECK_EXTENSION) and IOMMU types (VFIO_SET_IOMMU).
 VFIO_TYPE1_IOMMU = 1
@@ -66,7 +71,15 @@ VFIO_REGION_INFO_FLAG_WRITE = 1 << 1
 VFIO_REGION_INFO_FLAG_MMAP = 1 << 2
 VFIO_REGION_INFO_FLAG_CAPS = 1 << 3
 VFIO_REGION_INFO_CAP_SPARSE_MMAP = 1
+VFIO_REGION_INFO_CAP_TYPE = 2
 VFIO_REGION_INFO_CAP_MSIX_MAPPABLE = 3
+# Region types (VFIO_REGION_INFO_CAP_TYPE). The kernel's VFIO_REGION_TYPE_PCI_VENDOR_TYPE
+# is the C int (1 << 31), negative there: ours has another name and the u32 value.
+REGION_TYPE_PCI_VENDOR = 1 << 31
+VFIO_REGION_TYPE_PCI_VENDOR_MASK = 0xFFFF
+VFIO_REGION_TYPE_GFX = 1
+VFIO_REGION_TYPE_CCW = 2
+VFIO_REGION_SUBTYPE_INTEL_IGD_OPREGION = 1
 
 VFIO_IRQ_INFO_EVENTFD = 1 << 0
 VFIO_IRQ_INFO_MASKABLE = 1 << 1
@@ -86,6 +99,7 @@ VFIO_IOMMU_INFO_PGSIZES = 1 << 0
 VFIO_IOMMU_INFO_CAPS = 1 << 1
 VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1
 
+VFIO_DEVICE_FEATURE_MASK = 0xFFFF
 VFIO_DEVICE_FEATURE_GET = 1 << 16
 VFIO_DEVICE_FEATURE_SET = 1 << 17
 VFIO_DEVICE_FEATURE_PROBE = 1 << 18
@@ -112,13 +126,31 @@ VFIOKIT_INTX_OFF, VFIOKIT_INTX_ADAPTIVE, VFIOKIT_INTX_EXCLUSIVE = 0, 1, 2
 
 
 class _S(C.Structure):
-    """A uAPI structure: native layout (x86-64 and the other 64-bit arches agree here)."""
+    """A uAPI structure: native layout (x86-64 and the other 64-bit arches agree here).
+
+    Built by keyword only: positional values follow _fields_ order, which silently
+    differs from the order callers think in (iommu_ioas_map has length before iova).
+    """
+
+    def __init__(self, *args: Any, **fields: Any) -> None:
+        if args:
+            raise TypeError(f"{type(self).__name__}: fields by keyword only")
+        super().__init__(**fields)
+
+    @classmethod
+    def new(cls, extra: int = 0, **fields: Any) -> Self:
+        """The structure by keyword, its size field (VFIO's argsz, iommufd's size) set to
+        its own size plus `extra` bytes of data that follow it, unless given."""
+        first = cls._fields_[0][0]
+        if first in ("argsz", "size") and first not in fields:
+            fields[first] = C.sizeof(cls) + extra
+        return cls(**fields)
 
     def to_bytes(self) -> bytearray:
         return bytearray(bytes(self))
 
     @classmethod
-    def parse(cls, buf: bytes | bytearray, offset: int = 0):
+    def parse(cls, buf: bytes | bytearray, offset: int = 0) -> Self:
         return cls.from_buffer_copy(bytes(buf[offset : offset + C.sizeof(cls)]))
 
 
@@ -161,6 +193,14 @@ class vfio_region_info_cap_sparse_mmap(_S):
         ("header", vfio_info_cap_header),
         ("nr_areas", C.c_uint32),
         ("reserved", C.c_uint32),
+    ]
+
+
+class vfio_region_info_cap_type(_S):
+    _fields_ = [
+        ("header", vfio_info_cap_header),
+        ("type", C.c_uint32),
+        ("subtype", C.c_uint32),
     ]
 
 

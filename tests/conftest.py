@@ -17,7 +17,7 @@ def fake(tmp_path: Path) -> FakeSys:
 @pytest.fixture
 def cli(fake: FakeSys, monkeypatch: pytest.MonkeyPatch):
     """Run the CLI on the fake host: its sysfs tree, and no mounts or interfaces of this
-    machine's (HostState.read() reads the real /proc and /sys)."""
+    machine's (HostState reads those through psutil)."""
     from typer.testing import CliRunner
 
     from vfiokit.binding import HostState

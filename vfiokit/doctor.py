@@ -430,7 +430,7 @@ def _plan_uses(sysroot: SysRoot, dev: devmod.PciDevice,
 def run(sysroot: SysRoot, address: str | None = None,
         host: HostState | None = None) -> list[Check]:  # fmt: skip
     """All checks; with `address` (canonical), the device checks as well. `host`: the
-    mounts and interfaces (tests; HostState.read() when None)."""
+    mounts and interfaces (tests; read with psutil when None)."""
     state = iommu.read_state(sysroot)
     patched = genirq_patched(sysroot)
     steps: list[Callable[[], Check | list[Check]]] = [

@@ -17,7 +17,7 @@ from vfiokit.errors import ExitCode
 @pytest.fixture
 def run(fake: FakeSys, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("VFIOKIT_SYSROOT", str(fake.root))
-    # The fake host's mounts and interfaces, not this machine's (/proc, /sys).
+    # The fake host's mounts and interfaces, not this machine's (psutil).
     monkeypatch.setattr(HostState, "read", classmethod(lambda cls: HostState({}, {})))
     runner = CliRunner()
 

@@ -2,7 +2,7 @@
 users; persist across reboots.
 
 The names below load on first use, so that `vfiokit list` (which only reads persist.d)
-does not pay for the binder.
+does not pay for psutil and the binder.
 """
 
 from __future__ import annotations

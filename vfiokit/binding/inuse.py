@@ -8,11 +8,10 @@ This is the one verdict on "in use": `bind` refuses on it, `list` shows it (USED
 from __future__ import annotations
 
 import os
-import re
-import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from ..device import PciDevice
 from ..iommu import is_vfio_driver
@@ -33,73 +32,20 @@ class Use:
 
 @dataclass
 class HostState:
-    """What is mounted and which interfaces are up: read once per plan, from /proc and
-    /sys (no psutil: it cost `vfiokit list` a tenth of its start-up)."""
+    """What is mounted and which interfaces are up: read once per plan (psutil)."""
 
     mounts: dict[str, str]  # device (path, or a 9p mount tag) -> mount point
     net: dict[str, tuple[bool, list[str]]]  # interface -> (up, IP addresses)
 
     @classmethod
-    def read(cls, sysroot: SysRoot | None = None,
-             ipv4: Callable[[str], str | None] | None = None) -> HostState:  # fmt: skip
-        """This host's (the real one's, whatever VFIOKIT_SYSROOT says, unless `sysroot` is
-        given: the tests'). `ipv4`: interface -> its IPv4 address (default: ioctl)."""
-        sysroot = sysroot or SysRoot("/")
-        if ipv4 is None:
-            ipv4 = _ioctl_ipv4 if sysroot.is_host else (lambda _i: None)
-        mounts = read_mounts(sysroot)
-        v6 = read_ipv6(sysroot)
+    def read(cls) -> HostState:
+        mounts = {p.device: p.mountpoint for p in psutil.disk_partitions(all=True)}
+        stats = psutil.net_if_stats()
         net = {}
-        for iface in sysroot.listdir("/sys/class/net"):
-            flags = sysroot.read_int(f"/sys/class/net/{iface}/flags", 16)
-            ips = [a for a in (ipv4(iface),) if a] + v6.get(iface, [])
-            net[iface] = (bool(flags is not None and flags & IFF_UP), ips)
+        for iface, addrs in psutil.net_if_addrs().items():
+            ips = [a.address for a in addrs if a.family.name in ("AF_INET", "AF_INET6")]
+            net[iface] = (bool(stats.get(iface) and stats[iface].isup), ips)
         return cls(mounts, net)
-
-
-IFF_UP = 0x1
-SIOCGIFADDR = 0x8915
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
-def read_mounts(sysroot: SysRoot) -> dict[str, str]:
-    """/proc/self/mounts: source -> mount point (the last mount of a source wins), with
-    the kernel's octal escapes (\\040 for a space) undone."""
-    out = {}
-    for line in (sysroot.read("/proc/self/mounts") or "").splitlines():
-        fields = line.split()
-        if len(fields) >= 2:
-            src, target = (_OCTAL.sub(lambda m: chr(int(m[1], 8)), f) for f in fields[:2])
-            out[src] = target
-    return out
-
-
-def read_ipv6(sysroot: SysRoot) -> dict[str, list[str]]:
-    """/proc/net/if_inet6: interface -> its IPv6 addresses, global ones first, link-local
-    ones as `fe80::1%eth0` (as getifaddrs and psutil name them)."""
-    out: dict[str, list[tuple[bool, str]]] = {}
-    for line in (sysroot.read("/proc/net/if_inet6") or "").splitlines():
-        fields = line.split()
-        if len(fields) != 6 or len(fields[0]) != 32:
-            continue
-        addr = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(fields[0]))
-        link = int(fields[3], 16) == 0x20
-        out.setdefault(fields[5], []).append((link, f"{addr}%{fields[5]}" if link else addr))
-    return {i: [a for _link, a in sorted(v, key=lambda x: x[0])] for i, v in out.items()}
-
-
-def _ioctl_ipv4(iface: str) -> str | None:
-    """The interface's (primary) IPv4 address: SIOCGIFADDR, what ifconfig asks."""
-    import fcntl
-    import struct
-
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            req = struct.pack("16s16x", iface.encode()[:15])
-            res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)
-    except OSError:  # EADDRNOTAVAIL: none; ENODEV: gone meanwhile
-        return None
-    return socket.inet_ntoa(res[20:24])
 
 
 def _pci_of(path: Path) -> str | None:
@@ -182,20 +128,13 @@ def node_holders(sysroot: SysRoot, nodes: set[str]) -> list[tuple[int, str, str]
     if not nodes:
         return []
     out = []
-    proc = str(sysroot.path("/proc"))  # plain strings: thousands of fds, pathlib is slow
-    me = str(os.getpid())
     for pid in sysroot.listdir("/proc"):
-        if not pid.isdigit() or pid == me:
-            continue
-        fds = f"{proc}/{pid}/fd"
-        try:
-            names = os.listdir(fds)
-        except OSError:  # gone, or not ours to read
+        if not pid.isdigit() or int(pid) == os.getpid():
             continue
         seen: set[str] = set()
-        for fd in names:
+        for fd in sysroot.listdir(f"/proc/{pid}/fd"):
             try:
-                target = os.readlink(f"{fds}/{fd}")
+                target = os.readlink(sysroot.path(f"/proc/{pid}/fd/{fd}"))
             except OSError:
                 continue
             if target in nodes and target not in seen:

@@ -21,10 +21,10 @@ except SystemExit:
 print(" ".join(sorted(sys.modules)), file=sys.stderr)
 """
 
-# What no read-only verb may load: the binder and the other verbs' code, psutil (gone),
-# rich (typer's, for --help only).
+# What no read-only verb may load: the binder and the other verbs' code, rich (typer's, for
+# --help only). psutil is the in-use scan's, which `list` and `doctor` run.
 NEVER = {"vfiokit.binding.binder", "vfiokit.cli.bind_cmds", "vfiokit.cli.assign_cmds",
-         "psutil", "rich"}  # fmt: skip
+         "rich"}  # fmt: skip
 
 
 def modules(fake: FakeSys, *args: str) -> set[str]:

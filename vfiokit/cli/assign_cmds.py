@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -153,7 +154,7 @@ def unassign_cmd(
         typer.echo(f"unassigned {a.address}" if a else "nothing to unassign")
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[..., Any]] = {
     "assign": assign_cmd,
     "unassign": unassign_cmd,
 }

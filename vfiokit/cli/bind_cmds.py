@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -197,7 +197,7 @@ def restore_cmd(
         typer.echo(f"restored {len(done)} device(s)" + (f": {', '.join(done)}" if done else ""))
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[..., Any]] = {
     "bind": bind_cmd,
     "unbind": unbind_cmd,
     "restore": restore_cmd,

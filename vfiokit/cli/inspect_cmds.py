@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -283,7 +284,7 @@ def doctor_cmd(
     raise typer.Exit(int(code))
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[..., Any]] = {
     "list": list_cmd,
     "show": show_cmd,
     "doctor": doctor_cmd,

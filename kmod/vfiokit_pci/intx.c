@@ -145,7 +145,12 @@ static int vfiokit_intx_unmask_locked(struct vfiokit_pci_device *kdev,
 	 * device can be masked then. Both can be masked when the line became
 	 * unshared while the handler ran: undo both.
 	 */
-	if (kdev->line_held)
+	/*
+	 * Released whenever we may: the line can be held although the
+	 * handler masked the device (the last sharer left before a forced
+	 * thread finished, and genirq held the line after it).
+	 */
+	if (kdev->line_held || may_release_line)
 		irq_release_held_line(kdev->irq, kdev);
 	kdev->line_held = false;
 	if (kdev->dev_masked) {

@@ -59,8 +59,12 @@ def make_app(verbs: Iterable[str] | None = None) -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_root)
+    from .errors import handled
+    from .options import reflow
+
     for verb in VERBS if verbs is None else verbs:
-        importlib.import_module(f".{VERBS[verb]}", __name__).register(app, verb)
+        fn = importlib.import_module(f".{VERBS[verb]}", __name__).COMMANDS[verb]
+        app.command(verb, help=reflow(fn.__doc__))(handled(fn))
     return app
 
 

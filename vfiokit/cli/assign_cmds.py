@@ -13,8 +13,7 @@ from ..binding.snippets import libvirt_hostdev, qemu_args
 from ..errors import InvalidArgument
 from ..sysroot import SysRoot
 from . import complete
-from .errors import handled
-from .options import JsonOpt, reflow
+from .options import JsonOpt
 from .output import document
 
 
@@ -158,10 +157,3 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "assign": assign_cmd,
     "unassign": unassign_cmd,
 }
-
-
-def register(app: typer.Typer, verb: str | None = None) -> None:
-    """Add `verb` (default: every command of this module) to `app`."""
-    for name, fn in COMMANDS.items():
-        if verb in (None, name):
-            app.command(name, help=reflow(fn.__doc__))(handled(fn))

@@ -9,8 +9,7 @@ import typer
 
 from ..sysroot import SysRoot
 from . import complete
-from .errors import handled
-from .options import JsonOpt, reflow
+from .options import JsonOpt
 from .output import document
 
 
@@ -203,10 +202,3 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "restore": restore_cmd,
     "apply-persisted": apply_persisted_cmd,
 }
-
-
-def register(app: typer.Typer, verb: str | None = None) -> None:
-    """Add `verb` (default: every command of this module) to `app`."""
-    for name, fn in COMMANDS.items():
-        if verb in (None, name):
-            app.command(name, help=reflow(fn.__doc__))(handled(fn))

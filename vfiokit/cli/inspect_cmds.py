@@ -13,8 +13,7 @@ from ..binding.persist import Persisted
 from ..errors import InvalidArgument
 from ..sysroot import SysRoot
 from . import complete, filters
-from .errors import handled
-from .options import JsonOpt, reflow
+from .options import JsonOpt
 from .output import document, keyvalues, table, text
 
 if TYPE_CHECKING:
@@ -289,10 +288,3 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "show": show_cmd,
     "doctor": doctor_cmd,
 }
-
-
-def register(app: typer.Typer, verb: str | None = None) -> None:
-    """Add `verb` (default: every command of this module) to `app`."""
-    for name, fn in COMMANDS.items():
-        if verb in (None, name):
-            app.command(name, help=reflow(fn.__doc__))(handled(fn))

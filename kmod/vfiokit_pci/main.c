@@ -43,6 +43,33 @@ static void vfiokit_pci_release_dev(struct vfio_device *core_vdev)
 	vfio_pci_core_release_dev(core_vdev);
 }
 
+/*
+ * vfio_pci_core_disable() restores the config space saved at open, with
+ * INTx Disable clear, before its reset and several other steps, long before
+ * our close can set the bit again: a device that still asserts then storms
+ * its line with no handler of ours left, and on a shared line the spurious
+ * detector disables it for every sharer ("nobody cared"; under a storm the
+ * CPU barely advances, so even a short window is enough). Set the bit in
+ * the saved copy itself, through the PCI core's exported helpers, so that
+ * the restore leaves the device masked. The copy is only read back at
+ * close; the next pci_enable_device() clears the bit for the next driver.
+ */
+static void vfiokit_pci_save_intx_masked(struct vfio_pci_core_device *vdev)
+{
+	struct pci_dev *pdev = vdev->pdev;
+	struct pci_saved_state *state;
+
+	if (!vdev->pci_saved_state ||
+	    pci_load_saved_state(pdev, vdev->pci_saved_state))
+		return;
+	pdev->saved_config_space[PCI_COMMAND / 4] |= PCI_COMMAND_INTX_DISABLE;
+	state = pci_store_saved_state(pdev);
+	if (!state)
+		return;	/* the close below still sets the bit, later */
+	kfree(vdev->pci_saved_state);
+	vdev->pci_saved_state = state;
+}
+
 static int vfiokit_pci_open_device(struct vfio_device *core_vdev)
 {
 	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
@@ -68,8 +95,10 @@ static int vfiokit_pci_open_device(struct vfio_device *core_vdev)
 	kdev->line_count = 0;
 	kdev->device_count = 0;
 	/* No handler of ours yet: keep the device quiet (vfiokit_intx_unmask()). */
-	if (kdev->pci_2_3)
+	if (kdev->pci_2_3) {
 		pci_intx(vdev->pdev, 0);
+		vfiokit_pci_save_intx_masked(vdev);
+	}
 
 	vfio_pci_core_finish_enable(vdev);
 	return 0;
@@ -84,12 +113,12 @@ static void vfiokit_pci_close_device(struct vfio_device *core_vdev)
 	mutex_unlock(&kdev->intx_lock);
 	vfio_pci_core_close_device(core_vdev);
 	/*
-	 * vfio_pci_core_disable() ends by restoring the config space saved at
-	 * open, with INTx Disable clear: a device without a reset method that
-	 * still asserts then storms its line until the spurious detector
-	 * disables it for every sharer (vfio-pci does exactly that). Leave it
-	 * masked instead; the next pci_enable_device() clears the bit. The
-	 * core has dropped its runtime PM reference: take one for the write.
+	 * The restore in vfio_pci_core_disable() left INTx Disable set (see
+	 * vfiokit_pci_save_intx_masked()); set it here too for a close
+	 * without a saved state, where the core restores nothing. vfio-pci
+	 * leaves it clear, and a device without a reset method that still
+	 * asserts then storms its line. The core has dropped its runtime PM
+	 * reference: take one for the write.
 	 */
 	if (kdev->pci_2_3 &&
 	    pm_runtime_resume_and_get(&kdev->core.pdev->dev) >= 0) {

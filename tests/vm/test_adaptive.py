@@ -367,3 +367,71 @@ def test_unbind_waits_for_close_then_unload(topology) -> None:
     )
     with opened(edu.address) as dev:
         assert round_trip(dev, 2)["line_held"] == 1
+
+
+DEBUGFS = Path("/sys/kernel/debug")
+TRACEFS = Path("/sys/kernel/tracing")
+LINE_EVENTS = ("irq_line_hold", "irq_line_release", "irq_line_handover")
+
+
+def mounted(path: Path, fstype: str) -> None:
+    if not any(ln.split()[1] == str(path) for ln in Path("/proc/mounts").read_text().splitlines()):
+        subprocess.run(["mount", "-t", fstype, "none", str(path)], check=True)
+
+
+def irq_debug(irq: int) -> tuple[set[str], int]:
+    """The state bits named in /sys/kernel/debug/irq/irqs/<irq> and the disable depth."""
+    text = (DEBUGFS / "irq" / "irqs" / str(irq)).read_text()
+    names = {ln.strip() for ln in text.splitlines() if ln.strip().startswith(("IRQS_", "IRQD_"))}
+    depth = next(int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("ddepth:"))
+    return names, depth
+
+
+@contextlib.contextmanager
+def line_events() -> Iterator[list[str]]:
+    """The irq_line_* tracepoints enabled; yields the list their lines are read into."""
+    mounted(TRACEFS, "tracefs")
+    for ev in LINE_EVENTS:
+        (TRACEFS / "events" / "irq" / ev / "enable").write_text("1")
+    (TRACEFS / "trace").write_text("")
+    lines: list[str] = []
+    try:
+        yield lines
+    finally:
+        for ev in LINE_EVENTS:
+            (TRACEFS / "events" / "irq" / ev / "enable").write_text("0")
+        lines += [ln for ln in (TRACEFS / "trace").read_text().splitlines() if "irq_line_" in ln]
+
+
+def test_debugfs_and_tracepoints_follow_the_hold(topology) -> None:
+    """The held state as genirq's debugfs shows it (IRQS_LINE_HELD, one depth reference,
+    IRQD_MASK_DEVICE) and the hold, release and hand-over tracepoints, in order, each with
+    the line and the owner's action name."""
+    edu = topology.by_name("edu_alone")
+    mounted(DEBUGFS, "debugfs")
+    name = f"vfiokit-intx({edu.address})"
+    with line_events() as events, opened(edu.address) as dev:
+        names, depth = irq_debug(edu.gsi)
+        assert "IRQD_MASK_DEVICE" not in names and "IRQS_LINE_HELD" not in names
+        assert depth == 0
+        dev.write32(h.EDU_IRQ_RAISE, 1)
+        assert dev.wait_irq() == 1
+        names, depth = irq_debug(edu.gsi)
+        assert "IRQS_LINE_HELD" in names and "IRQD_IRQ_DISABLED" in names and depth == 1
+        dev.write32(h.EDU_IRQ_ACK, 1)
+        dev.unmask_intx()
+        names, depth = irq_debug(edu.gsi)
+        assert "IRQS_LINE_HELD" not in names and depth == 0
+        dev.write32(h.EDU_IRQ_RAISE, 1)
+        assert dev.wait_irq() == 1
+        with sharer(edu.gsi):
+            names, depth = irq_debug(edu.gsi)
+            assert "IRQD_MASK_DEVICE" in names and "IRQS_LINE_HELD" not in names
+            assert depth == 0
+            dev.write32(h.EDU_IRQ_ACK, 1)
+            dev.unmask_intx()
+        names, depth = irq_debug(edu.gsi)
+        assert "IRQD_MASK_DEVICE" not in names and depth == 0
+    kinds = [ev for ln in events for ev in LINE_EVENTS if f"{ev}:" in ln]
+    assert kinds == ["irq_line_hold", "irq_line_release", "irq_line_hold", "irq_line_handover"]
+    assert all(f"irq={edu.gsi} name={name}" in ln for ln in events), events

@@ -22,6 +22,17 @@
 
 #define VFIOKIT_PCI_VERSION "0.1.0"
 
+/*
+ * As vfio_pci.nointxmask. Up to 6.12 vfio_pci_core applied vfio-pci's
+ * parameter to every core device, variant drivers included; since then
+ * vfio-pci latches it into its own devices only (vdev->nointxmask), so a
+ * variant driver needs a parameter of its own to force the fallback.
+ */
+static bool nointxmask;
+module_param(nointxmask, bool, 0444);
+MODULE_PARM_DESC(nointxmask,
+		 "Do not mask INTx at the device: an exclusive line, masked at the line (vfio-pci's fallback for devices without PCI 2.3 INTx masking)");
+
 static int vfiokit_pci_init_dev(struct vfio_device *core_vdev)
 {
 	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
@@ -81,7 +92,7 @@ static int vfiokit_pci_open_device(struct vfio_device *core_vdev)
 		return ret;
 
 	/* From here on intx.c alone owns the device's INTx Disable bit. */
-	kdev->pci_2_3 = vdev->pci_2_3;
+	kdev->pci_2_3 = vdev->pci_2_3 && !nointxmask;
 	vdev->pci_2_3 = false;
 	/*
 	 * And INTx itself: the core counts INTx from its virtual pin, so with

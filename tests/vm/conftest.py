@@ -57,7 +57,10 @@ def vfiokit_modules() -> None:
     """Load the test bed's out-of-tree modules (built by scripts/build-kernel)."""
     import subprocess
 
+    cmdline = Path("/proc/cmdline").read_text().split()
     for name in ("vfiokit_pci", "vfiokit_test_sharer"):
         if not Path(f"/sys/module/{name}").exists():
             ko = Path(os.environ["VFIOKIT_KERNEL_OUT"]) / f"{name}.ko"
-            subprocess.run(["insmod", str(ko)], check=True)
+            # As modprobe would: the kernel command line's "<module>.<param>=<value>".
+            params = [a.split(".", 1)[1] for a in cmdline if a.startswith(f"{name}.")]
+            subprocess.run(["insmod", str(ko), *params], check=True)

@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -514,9 +515,15 @@ def test_reset_while_command_writes_keep_a_sharer_served(topology) -> None:
     second device on the same line (edu_b through vfio-pci) must keep getting its
     interrupts meanwhile. vfiokit-pci used to disable the line across a config write, which
     sleeps on memory_lock while the reset holds it: with resets back to back the sharer
-    then starves. The sharer's round trips in 3 s are compared with stock vfio-pci's."""
+    then starves. The sharer's served rate is compared with stock vfio-pci's.
+
+    Booted with threadirqs, the sharer's interrupt is sometimes not delivered at all (one
+    5 s wait per 3 s run) with either driver on the device under test: seen with stock
+    vfio-pci in 3 of 7 runs and with vfiokit-pci in 2 of 7 on 6.12 (2026-12-02), cause not
+    found. One such loss per run is allowed there, for both; none without threadirqs."""
     dut, other = topology.by_name("edu_reset"), topology.by_name("edu_b")
     assert dut.gsi == other.gsi
+    threaded = "threadirqs" in Path("/proc/cmdline").read_text().split()
     out: dict[str, Obs] = {}
     for driver in DRIVERS:
         out[driver] = reset_with_writes(dut.address, other.address, driver)
@@ -524,8 +531,8 @@ def test_reset_while_command_writes_keep_a_sharer_served(topology) -> None:
     stock, ours = out["vfio-pci"], out["vfiokit-pci"]
     for o in (stock, ours):
         assert o["errors"] == [] and o["resets"] >= 10, o
-        assert o["lost"] == 0, o
-    assert ours["peer round trips"] >= 0.5 * stock["peer round trips"], out
+        assert o["lost"] <= (1 if threaded else 0), o
+    assert ours["peer per s"] >= 0.5 * stock["peer per s"], out
 
 
 def reset_with_writes(bdf: str, peer_bdf: str, driver: str) -> Obs:
@@ -571,10 +578,12 @@ def reset_with_writes(bdf: str, peer_bdf: str, driver: str) -> Obs:
             while time.monotonic() < end:
                 t0 = time.monotonic()
                 peer.write32(h.EDU_IRQ_RAISE, 1)
-                lost += 0 if h.signalled(pfd, timeout=5.0, settle=0) else 1
+                served = h.signalled(pfd, timeout=5.0, settle=0)
+                lost += 0 if served else 1
                 peer.write32(h.EDU_IRQ_ACK, 1)
                 peer.set_irqs(NONE | UNMASK)
-                gaps.append(time.monotonic() - t0)
+                if served:
+                    gaps.append(time.monotonic() - t0)
         finally:
             stop.set()
             for t in threads:
@@ -587,7 +596,10 @@ def reset_with_writes(bdf: str, peer_bdf: str, driver: str) -> Obs:
         "resets": len(resets),
         "reset ms (median)": round(sorted(resets)[len(resets) // 2] * 1e3, 1),
         "peer round trips": len(gaps),
-        "peer max ms": round(max(gaps) * 1e3, 1),
+        "peer max ms": round(max(gaps, default=0) * 1e3, 1),
+        # served round trips per second of the time they took: the rate a starved
+        # sharer loses, independent of a lost interrupt's 5 s wait
+        "peer per s": round(len(gaps) / sum(gaps), 1) if gaps else 0.0,
         "lost": lost,
     }
 

@@ -91,8 +91,12 @@ def test_refused_from_tmp(tmp_path: Path) -> None:
     with pytest.raises(Unsupported, match="does not survive a reboot"):
         launcher(argv0=str(script), on_root_fs=lambda _p: True)
     with pytest.raises(Unsupported, match="/run/user/1000"):
-        launcher(argv0="python", executable="/run/user/1000/venv/bin/python",
-                 which=lambda _n: None, package_dir="/usr/lib/python3/dist-packages/vfiokit")
+        launcher(
+            argv0="python",
+            executable="/run/user/1000/venv/bin/python",
+            which=lambda _n: None,
+            package_dir="/usr/lib/python3/dist-packages/vfiokit",
+        )
 
 
 def test_home_directory_warns_and_is_mounted_first() -> None:

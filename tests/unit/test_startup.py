@@ -37,8 +37,10 @@ def modules(fake: FakeSys, *args: str) -> set[str]:
 @pytest.mark.parametrize(
     ("args", "also_never"),
     [
-        (["list"], {"vfiokit.doctor", "vfiokit.topology", "vfiokit.intx",
-                    "vfiokit.binding.assign"}),
+        (
+            ["list"],
+            {"vfiokit.doctor", "vfiokit.topology", "vfiokit.intx", "vfiokit.binding.assign"},
+        ),
         (["list", "--json"], {"vfiokit.doctor", "vfiokit.binding.assign"}),
         (["list", "--tree"], {"vfiokit.doctor", "vfiokit.binding.assign"}),
         (["doctor"], {"vfiokit.binding.inuse", "vfiokit.binding.assign"}),

@@ -554,8 +554,8 @@ def test_the_unmapped_size_is_checked(host: FakeSys, kernel: FakeSyscalls, backe
     with open_dev(host, kernel, backend) as vd:
         buf = vd.dma_buffer(8192)
         vd.dma.unmap(buf.iova, buf.size)
-        expected, match = (VfiokitError, "unmapped 0x0") if backend == "legacy" else (
-            NotFound, "ENOENT"
+        expected, match = (
+            (VfiokitError, "unmapped 0x0") if backend == "legacy" else (NotFound, "ENOENT")
         )
         with pytest.raises(expected, match=match):
             vd.dma.unmap(buf.iova, buf.size)

@@ -407,9 +407,7 @@ class FakeSyscalls:
             if info.index > 4:
                 raise self._oserror("VFIO_DEVICE_GET_IRQ_INFO", E.EINVAL)
             flags, count = dev.irqs.get(info.index, (U.VFIO_IRQ_INFO_EVENTFD, 0))
-            buf[:16] = bytes(
-                U.vfio_irq_info(argsz=16, flags=flags, index=info.index, count=count)
-            )
+            buf[:16] = bytes(U.vfio_irq_info(argsz=16, flags=flags, index=info.index, count=count))
             return 0
         if req == U.VFIO_DEVICE_SET_IRQS:
             return self._set_irqs(dev, bytes(buf))

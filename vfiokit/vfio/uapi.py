@@ -44,6 +44,7 @@ VFIO_DEVICE_BIND_IOMMUFD = _vfio(18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _vfio(19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _vfio(20)
 
+
 def _iommufd(n: int) -> int:
     return int(IO(VFIO_TYPE, IOMMUFD_CMD_BASE + n))
 

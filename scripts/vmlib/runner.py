@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ CACHE = Path(os.environ.get("VFIOKIT_CACHE", Path.home() / ".cache" / "vfiokit")
 BAD_DMESG = re.compile(
     r"WARNING:|BUG:|possible circular locking|possible recursive locking|inconsistent lock state"
     r"|INFO: lockdep|nobody cared|Unbalanced enable|KASAN:|general protection fault|Oops"
+    r"|blocked for more than \d+ seconds"
 )
 
 
@@ -40,6 +42,8 @@ class Result:
     seconds: float
     timed_out: bool = False
     bad_dmesg: list[str] = field(default_factory=list)
+    # what QEMU's monitor said of the vCPUs and interrupt controllers when a guest hung
+    monitor: str = ""
 
     @property
     def ok(self) -> bool:
@@ -122,9 +126,11 @@ def run_job(
             "project": (REPO, False),
             "results": (results, False),
         }
+        monitor_sock = results / "monitor.sock"
         cmd = qemu.command(
             topo, kernel=kernel, append=_cmdline(cmdline), shares=shares, accel=accel
         )
+        cmd += ["-monitor", f"unix:{monitor_sock},server=on,wait=off"]
         start = time.monotonic()
         if interactive:
             proc = subprocess.run(cmd, check=False)
@@ -145,10 +151,12 @@ def run_job(
         t = threading.Thread(target=pump, daemon=True)
         t.start()
         timed_out = False
+        monitor = ""
         try:
             p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
+            monitor = hung_guest_state(monitor_sock, topo.cpus)
             p.kill()
             p.wait()
         t.join(timeout=5)
@@ -160,14 +168,66 @@ def run_job(
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             (keep / "console.log").write_text("\n".join(console) + "\n")
+            if monitor:
+                (keep / "monitor.txt").write_text(monitor)
             for name in ("output.txt", "dmesg.txt"):
                 if (results / name).exists():
                     shutil.copy(results / name, keep / name)
-        res = Result(rc, output, dmesg, "\n".join(console), seconds, timed_out)
+        res = Result(rc, output, dmesg, "\n".join(console), seconds, timed_out, monitor=monitor)
         res.bad_dmesg = bad_dmesg_lines(dmesg or res.console)
         return res
     finally:
         shutil.rmtree(results, ignore_errors=True)
+
+
+# Asked of QEMU's monitor before a hung guest is killed: where each vCPU is and whether it
+# takes interrupts (RIP, RFLAGS.IF), each local APIC's in-service, pending and timer state,
+# and the IO-APIC's routing with its remote-IRR bits: enough to tell a guest spinning in
+# a test from a lost EOI or a local timer that stopped.
+HUNG_GUEST_QUERIES = ("info registers -a", "info lapic {cpu}", "info pic", "info irq")
+
+
+def hung_guest_state(sock: Path, cpus: int, timeout: float = 10.0) -> str:
+    """What the monitor answers to HUNG_GUEST_QUERIES; best effort, never raises."""
+    queries = [q.format(cpu=c) for q in HUNG_GUEST_QUERIES for c in range(cpus if "{" in q else 1)]
+    out: list[str] = []
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock))
+            _until_prompt(s)
+            for q in queries:
+                s.sendall(q.encode() + b"\n")
+                reply = _until_prompt(s)
+                out.append(f"(qemu) {q}\n{reply.strip()}")
+    except OSError as exc:
+        out.append(f"monitor: {exc}")
+    return "\n".join(out) + "\n"
+
+
+def _until_prompt(s: socket.socket) -> str:
+    buf = b""
+    while not buf.endswith(b"(qemu) "):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    text = buf.decode(errors="replace").replace("\r", "")
+    # The monitor echoes the command line, with terminal escapes: keep the answer only.
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+    lines = text.splitlines()
+    return "\n".join(lines[1:-1] if len(lines) > 1 else lines)
+
+
+def condensed(monitor: str) -> str:
+    """The monitor's answers with only the CPU# and RIP lines of the register dump."""
+    keep, in_regs = [], False
+    for line in monitor.splitlines():
+        if line.startswith("(qemu) "):
+            in_regs = line.startswith("(qemu) info registers")
+        if not in_regs or line.startswith(("(qemu) ", "CPU#", "RIP=")):
+            keep.append(line)
+    return "\n".join(keep)
 
 
 def _read(p: Path) -> str:
@@ -182,6 +242,10 @@ def explain_failure(res: Result, out=sys.stderr) -> None:
     if res.bad_dmesg:
         print("vm: the guest's kernel log has warnings or errors:", file=out)
         for line in res.bad_dmesg[:20]:
+            print(f"  {line}", file=out)
+    if res.monitor:
+        print("vm: QEMU's monitor on the hung guest (all of it in monitor.txt):", file=out)
+        for line in condensed(res.monitor).splitlines():
             print(f"  {line}", file=out)
     if res.timed_out or res.rc == 255:
         print("vm: last console lines:", file=out)

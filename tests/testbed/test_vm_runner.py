@@ -37,6 +37,12 @@ def test_hung_guest_is_killed() -> None:
     assert res.returncode == 124
     assert "did not finish within its time limit" in res.stderr
     assert "last console lines" in res.stderr
+    # Before the kill, QEMU's monitor is asked where the vCPUs are and what the interrupt
+    # controllers hold: what a hung CI run has to go on.
+    assert "QEMU's monitor on the hung guest" in res.stderr
+    assert re.search(r"^  CPU#0\n  RIP=[0-9a-f]{16} RFL=", res.stderr, re.M), res.stderr
+    assert re.search(r"^  \(qemu\) info lapic 0\n.*\bISR\b", res.stderr, re.M | re.S)
+    assert "ioapic" in res.stderr.lower()
 
 
 def test_bad_kernel_log_fails_the_run() -> None:

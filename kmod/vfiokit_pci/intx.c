@@ -490,11 +490,20 @@ void vfiokit_intx_command_written(struct vfiokit_pci_device *kdev,
 	bool disabled = kdev->core.virq_disabled;
 
 	lockdep_assert_held(&kdev->intx_lock);
+	/*
+	 * The core dropped memory_lock on return. Without it, a reset
+	 * (VFIO_DEVICE_RESET, or a hot reset through another device of the
+	 * set; both hold it for write) could run between its config write
+	 * and ours, and our read-modify-write of the command register would
+	 * land on a device in reset or undo the reset's restore.
+	 */
+	down_read(&kdev->core.memory_lock);
 	if (disabled && !was_disabled)
 		vfiokit_intx_mask(kdev);
 	else if (!disabled && was_disabled)
 		vfiokit_intx_unmask(kdev);
 	vfiokit_intx_sync_command(kdev);
+	up_read(&kdev->core.memory_lock);
 }
 
 void vfiokit_intx_state(struct vfiokit_pci_device *kdev,

@@ -15,6 +15,9 @@
  *                       the command register and low-power entry against
  *                       each other; taken outside the core's igate and
  *                       memory_lock. Writers of @trigger hold it.
+ *   core.memory_lock    (the core's rwsem) held for read around the mask,
+ *                       unmask and INTx Disable repair after a command
+ *                       register write, so a reset cannot run in between.
  *   eventfd wait queue  an unmask eventfd runs vfiokit_intx_unmask_virqfd()
  *                       under its wait-queue lock, so that lock nests
  *                       outside @lock: nothing signals an eventfd while

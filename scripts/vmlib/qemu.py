@@ -88,14 +88,26 @@ def command(
     append: str,
     shares: dict[str, tuple[Path, bool]],
     accel: str = "tcg",
+    tcg_thread: str = "single",
     qemu: str = "qemu-system-x86_64",
 ) -> list[str]:
-    """The QEMU argv. `shares` maps a 9p mount tag to (host path, read_only)."""
+    """The QEMU argv. `shares` maps a 9p mount tag to (host path, read_only).
+
+    Under TCG the vCPUs run round-robin in one host thread (`tcg_thread="single"`) unless
+    asked for multi-threaded TCG: with QEMU 7.2's MTTCG and two vCPUs, a guest CPU's LAPIC
+    was seen keeping the timer vector in service while idle (ISR and IRR 236 on CPU 1, no
+    EOI): its ticks stop, so do its low-resolution hrtimers, and the sleepers on that CPU
+    never wake; level interrupts of the shared line were lost too. Neither was seen
+    round-robin (docs/testbed.md, "TCG threads").
+    """
+    if tcg_thread not in ("single", "multi"):
+        raise ValueError(f"tcg_thread: {tcg_thread!r} is neither single nor multi")
     cpu = "host" if accel == "kvm" else "max"
+    accel_opt = f"tcg,thread={tcg_thread}" if accel == "tcg" else accel
     machine = topo.machine + (",kernel-irqchip=split" if accel == "kvm" else "")
     argv = [
         qemu,
-        "-accel", accel,
+        "-accel", accel_opt,
         "-cpu", cpu,
         "-machine", machine,
         "-m", topo.memory,

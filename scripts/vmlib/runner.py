@@ -100,6 +100,7 @@ def run_job(
     interactive: bool = False,
     keep: Path | None = None,
     cpus: int | None = None,
+    tcg_thread: str = "single",
 ) -> Result:
     """Boot a fresh guest, run `argv` in it (or a shell), power off; never hangs past timeout.
 
@@ -128,7 +129,12 @@ def run_job(
         }
         monitor_sock = results / "monitor.sock"
         cmd = qemu.command(
-            topo, kernel=kernel, append=_cmdline(cmdline), shares=shares, accel=accel
+            topo,
+            kernel=kernel,
+            append=_cmdline(cmdline),
+            shares=shares,
+            accel=accel,
+            tcg_thread=tcg_thread,
         )
         cmd += ["-monitor", f"unix:{monitor_sock},server=on,wait=off"]
         start = time.monotonic()

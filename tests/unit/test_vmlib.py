@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from vmlib import qemu, runner
 
 
@@ -29,7 +31,7 @@ def test_qemu_command() -> None:
     }
     argv = qemu.command(topo, kernel=Path("/k/bzImage"), append="console=ttyS0", shares=shares)
     joined = " ".join(argv)
-    assert argv[:5] == ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max"]
+    assert argv[:5] == ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-cpu", "max"]
     assert "e1000,addr=0x11.0,romfile=,multifunction=on -device e1000,addr=0x11.1," in joined
     assert "-device edu,addr=0x04.0" in joined and "-device e1000,addr=0x0c.0,romfile=" in joined
     assert "path=/,security_model=none,multidevs=remap,readonly=on" in joined
@@ -37,6 +39,11 @@ def test_qemu_command() -> None:
     assert "intel-iommu,intremap=on" in joined and "-no-reboot" in argv
     kvm = qemu.command(topo, kernel=Path("/k"), append="", shares=shares, accel="kvm")
     assert "q35,kernel-irqchip=split" in kvm and "host" in kvm
+    assert kvm[kvm.index("-accel") + 1] == "kvm"
+    multi = qemu.command(topo, kernel=Path("/k"), append="", shares=shares, tcg_thread="multi")
+    assert multi[multi.index("-accel") + 1] == "tcg,thread=multi"
+    with pytest.raises(ValueError, match="neither single nor multi"):
+        qemu.command(topo, kernel=Path("/k"), append="", shares=shares, tcg_thread="rr")
 
 
 def test_bad_dmesg() -> None:

@@ -16,7 +16,7 @@ from vfiokit import NotFound, SysRoot
 from vfiokit.binding import HostState
 from vfiokit.binding.assign import Assigner, udev_rule
 from vfiokit.binding.memlock import UNLIMITED, parse_size, user_limit
-from vfiokit.binding.persist import RULE, UNIT, Persisted, rule_text, unit_text
+from vfiokit.binding.persist import RULE, UNIT, Launcher, Persisted, rule_text, unit_text
 from vfiokit.binding.snippets import libvirt_hostdev, qemu_args
 from vfiokit.cli import app
 from vfiokit.errors import InvalidArgument
@@ -152,6 +152,15 @@ def test_qemu_and_libvirt_snippets() -> None:
 
 
 # -- persistence -----------------------------------------------------------------------------
+@pytest.fixture
+def kept_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vfiokit as if installed in /opt: the launcher refuses the interpreter running these
+    tests when the checkout sits under /tmp (tests/unit/test_persist_unit.py covers that)."""
+    fixed = Launcher(("/opt/vfiokit/bin/python", "-m", "vfiokit"))
+    monkeypatch.setattr("vfiokit.binding.persist.launcher", lambda *_a, **_k: fixed)
+
+
+@pytest.mark.usefixtures("kept_install")
 def test_persist_files_come_and_go(fake: FakeSys) -> None:
     p = Persisted(SysRoot(fake.root))
     assert p.add("0000:00:04.0", "vfiokit-pci")[0] == "/etc/vfiokit/persist.d/0000:00:04.0"
@@ -174,6 +183,7 @@ def test_udev_persist_rule_sets_override_and_wants_the_unit() -> None:
     assert 'ENV{SYSTEMD_WANTS}+="vfiokit-persist@$kernel.service"' in keys
 
 
+@pytest.mark.usefixtures("kept_install")
 def test_cli_persist_list_and_apply(fake: FakeSys, tmp_path, monkeypatch) -> None:
     """bind --persist records it, list shows it, apply-persisted re-binds after a 'reboot'."""
     scenarios.non_viable_group(fake)

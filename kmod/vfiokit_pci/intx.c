@@ -506,6 +506,41 @@ void vfiokit_intx_command_written(struct vfiokit_pci_device *kdev,
 	up_read(&kdev->core.memory_lock);
 }
 
+/*
+ * After any reset of the device (VFIO_DEVICE_RESET, a hot reset of its set,
+ * a reset through sysfs), from the PCI core's reset_done, device lock held:
+ * the core has restored the command register it saved when the reset began,
+ * so a mask, an unmask, or INTx turned off or on that wrote INTx Disable
+ * meanwhile has been undone. Most of those writers cannot wait for the
+ * reset: the handler and the unmask eventfd run in atomic context. Put the
+ * bit back to what the mask state says; a writer after this point writes
+ * it right under the same lock. vfio-pci has no such step.
+ */
+void vfiokit_intx_reset_done(struct vfiokit_pci_device *kdev)
+{
+	struct pci_dev *pdev = kdev->core.pdev;
+	unsigned long flags;
+	u16 cmd, want;
+
+	spin_lock_irqsave(&kdev->lock, flags);
+	/*
+	 * Not ours while closed, nor with MSI or MSI-X on (the restore put
+	 * their INTx Disable back), nor without INTx masking.
+	 */
+	if (!kdev->opened || !kdev->pci_2_3 ||
+	    (!kdev->enabled &&
+	     READ_ONCE(kdev->core.irq_type) != VFIO_PCI_NUM_IRQS))
+		goto out;
+	/* With INTx off the bit stays set (vfiokit_intx_unmask()). */
+	want = !kdev->enabled || kdev->dev_masked ? PCI_COMMAND_INTX_DISABLE : 0;
+	if (!pci_read_config_word(pdev, PCI_COMMAND, &cmd) && cmd != 0xffff &&
+	    (cmd & PCI_COMMAND_INTX_DISABLE) != want)
+		pci_write_config_word(pdev, PCI_COMMAND,
+				      (cmd & ~PCI_COMMAND_INTX_DISABLE) | want);
+out:
+	spin_unlock_irqrestore(&kdev->lock, flags);
+}
+
 void vfiokit_intx_state(struct vfiokit_pci_device *kdev,
 			struct vfiokit_intx_state *st)
 {

@@ -81,6 +81,16 @@ static void vfiokit_pci_save_intx_masked(struct vfio_pci_core_device *vdev)
 	vdev->pci_saved_state = state;
 }
 
+/* Tells vfiokit_intx_reset_done() whether the device state is ours. */
+static void vfiokit_pci_set_opened(struct vfiokit_pci_device *kdev, bool opened)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&kdev->lock, flags);
+	kdev->opened = opened;
+	spin_unlock_irqrestore(&kdev->lock, flags);
+}
+
 static int vfiokit_pci_open_device(struct vfio_device *core_vdev)
 {
 	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
@@ -112,6 +122,7 @@ static int vfiokit_pci_open_device(struct vfio_device *core_vdev)
 	}
 
 	vfio_pci_core_finish_enable(vdev);
+	vfiokit_pci_set_opened(kdev, true);
 	return 0;
 }
 
@@ -122,6 +133,7 @@ static void vfiokit_pci_close_device(struct vfio_device *core_vdev)
 	mutex_lock(&kdev->intx_lock);
 	vfiokit_intx_disable(kdev);
 	mutex_unlock(&kdev->intx_lock);
+	vfiokit_pci_set_opened(kdev, false);
 	vfio_pci_core_close_device(core_vdev);
 	/*
 	 * The restore in vfio_pci_core_disable() left INTx Disable set (see
@@ -465,6 +477,22 @@ static void vfiokit_pci_remove(struct pci_dev *pdev)
 	vfio_put_device(&vdev->vdev);
 }
 
+static void vfiokit_pci_reset_done(struct pci_dev *pdev)
+{
+	struct vfio_pci_core_device *vdev = dev_get_drvdata(&pdev->dev);
+
+	if (vdev)
+		vfiokit_intx_reset_done(container_of(vdev,
+						     struct vfiokit_pci_device,
+						     core));
+}
+
+/* The core's AER handling, and INTx Disable put right after a reset. */
+static const struct pci_error_handlers vfiokit_pci_err_handlers = {
+	.error_detected	= vfio_pci_core_aer_err_detected,
+	.reset_done	= vfiokit_pci_reset_done,
+};
+
 static const struct pci_device_id vfiokit_pci_table[] = {
 	/* Only ever bound through driver_override. */
 	{ PCI_DRIVER_OVERRIDE_DEVICE_VFIO(PCI_ANY_ID, PCI_ANY_ID) },
@@ -476,7 +504,7 @@ static struct pci_driver vfiokit_pci_driver = {
 	.id_table		= vfiokit_pci_table,
 	.probe			= vfiokit_pci_probe,
 	.remove			= vfiokit_pci_remove,
-	.err_handler		= &vfio_pci_core_err_handlers,
+	.err_handler		= &vfiokit_pci_err_handlers,
 	.driver_managed_dma	= true,
 	.dev_groups		= vfiokit_pci_groups,
 };

@@ -18,6 +18,10 @@
  *   core.memory_lock    (the core's rwsem) held for read around the mask,
  *                       unmask and INTx Disable repair after a command
  *                       register write, so a reset cannot run in between.
+ *   device lock         held by the PCI core around a reset and its
+ *                       reset_done, where vfiokit_intx_reset_done() takes
+ *                       @lock to put INTx Disable back after the restore;
+ *                       the atomic writers cannot wait for a reset.
  *   eventfd wait queue  an unmask eventfd runs vfiokit_intx_unmask_virqfd()
  *                       under its wait-queue lock, so that lock nests
  *                       outside @lock: nothing signals an eventfd while
@@ -41,6 +45,7 @@ struct vfiokit_pci_device {
 
 	/* Set once per open, or under intx_lock (and lock where read by it). */
 	bool pci_2_3;		/* the device can mask INTx (saved core flag) */
+	bool opened;		/* between open and close; also under lock */
 	u8 pin;			/* INTx pin as user space sees it (core: 0) */
 	bool enabled;		/* our INTx handler is requested */
 	bool exclusive;		/* no INTx masking: exclusive line */
@@ -73,6 +78,7 @@ void vfiokit_intx_mask(struct vfiokit_pci_device *kdev);
 void vfiokit_intx_unmask(struct vfiokit_pci_device *kdev);
 void vfiokit_intx_command_written(struct vfiokit_pci_device *kdev,
 				  bool was_disabled);
+void vfiokit_intx_reset_done(struct vfiokit_pci_device *kdev);
 void vfiokit_intx_state(struct vfiokit_pci_device *kdev,
 			struct vfiokit_intx_state *st);
 

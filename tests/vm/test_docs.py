@@ -1,7 +1,9 @@
-"""Every ```python block of docs/api.md runs, in the guest, against the edu at 00:06.0."""
+"""Every ```python block of docs/api.md runs, in the guest, against the edu at 00:06.0 (and
+the multi-device example against the edus at 00:04.0 and 00:08.0)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -25,6 +27,8 @@ def test_the_doc_has_examples() -> None:
 
 @pytest.mark.parametrize("n", range(len(BLOCKS)))
 def test_example_runs(topology, n: int) -> None:
-    dev = topology.by_name("edu_alone")
-    with h.bound(dev.address, "vfiokit-pci"):
+    edus = [topology.by_name(n).address for n in ("edu_alone", "edu_a", "edu_b")]
+    with contextlib.ExitStack() as stack:
+        for bdf in edus:
+            stack.enter_context(h.bound(bdf, "vfiokit-pci"))
         exec(compile(BLOCKS[n], f"docs/api.md example {n + 1}", "exec"), {})

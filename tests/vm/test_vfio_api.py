@@ -3,6 +3,7 @@ vfio-pci and on vfiokit-pci, exclusive and shared lines, DMA byte for byte."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import helpers as h
 from test_adaptive import SHARER, nointxmask
 from vfiokit import InvalidArgument, NotFound
 from vfiokit.drivers.edu import Edu, EduError
-from vfiokit.vfio import ClosedError, open_device
+from vfiokit.vfio import ClosedError, IommuContext, VfioError, open_device
 
 pytestmark = [
     pytest.mark.skipif(nointxmask(), reason="this boot forces vfio_pci.nointxmask=1"),
@@ -191,3 +192,55 @@ def test_dma_beyond_memlock_as_a_user(topology, tmp_path) -> None:
         )  # fmt: skip
         assert res.returncode == 0, res.stderr
         assert "RLIMIT_MEMLOCK" in res.stdout
+
+
+@pytest.mark.parametrize("backend", ["legacy", "iommufd"])
+def test_two_devices_one_dma_space(topology, backend: str) -> None:
+    """edu A and edu B (two groups) in one IommuContext: A copies a buffer into its own
+    memory and back out to a second IOVA, B copies that second IOVA through itself to a
+    third; the bytes B delivers are the ones written, so both see one DMA space."""
+    a_dev, b_dev = topology.by_name("edu_a"), topology.by_name("edu_b")
+    assert h.group_of(a_dev.address) != h.group_of(b_dev.address)
+    fds = len(os.listdir("/proc/self/fd"))
+    data = os.urandom(3000)
+    with (
+        h.bound(a_dev.address, "vfio-pci"),
+        h.bound(b_dev.address, "vfiokit-pci"),
+        IommuContext(backend=backend, dma_limit=Edu.DMA_LIMIT) as ctx,
+    ):
+        a, b = Edu(ctx.open_device(a_dev.address)), Edu(ctx.open_device(b_dev.address))
+        src, mid, dst = (ctx.dma_buffer(4096) for _ in range(3))
+        src.view[: len(data)] = data
+        a.dma_in(src.iova, len(data))
+        a.dma_out(mid.iova, len(data))
+        b.dma_in(mid.iova, len(data), offset=100)
+        b.dma_out(dst.iova, len(data), offset=100)
+        assert bytes(dst.view[: len(data)]) == data
+        assert bytes(mid.view[: len(data)]) == data
+        # Closing A leaves B and the buffers working.
+        a.close()
+        a.vd.close()
+        b.dma_in(src.iova, 16)
+        b.dma_out(dst.iova + 2048, 16)
+        assert bytes(dst.view[2048:2064]) == data[:16]
+        b.close()
+    assert len(os.listdir("/proc/self/fd")) == fds, "file descriptors leaked"
+
+
+@pytest.mark.parametrize("backend", ["legacy", "iommufd"])
+def test_both_functions_of_a_group(topology, backend: str) -> None:
+    """The two functions of the e1000 at 11.0 share an IOMMU group: opened alone, the second
+    is refused (EBUSY: the group node, or the group's iommufd ownership, is taken); in one
+    IommuContext both open, and both are reset through their own fds."""
+    f0, f1 = topology.by_name("nic_f0").address, topology.by_name("nic_f1").address
+    assert h.group_of(f0) == h.group_of(f1)
+    with h.bound(f0, "vfio-pci"), h.bound(f1, "vfio-pci"):
+        with open_device(f0, backend=backend):
+            with pytest.raises(VfioError) as err:
+                open_device(f1, backend=backend)
+            assert err.value.errno == errno.EBUSY
+        with IommuContext(backend=backend) as ctx:
+            d0, d1 = ctx.open_device(f0), ctx.open_device(f1)
+            assert d0.device.info.num_regions > 0 and d1.device.info.num_regions > 0
+            buf = ctx.dma_buffer(4096)
+            assert buf.iova > 0

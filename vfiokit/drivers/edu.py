@@ -162,6 +162,17 @@ class Edu:
             self._dma(BUFFER + offset, buf.iova, size, True, timeout)
             return bytes(buf.view[:size])
 
+    def dma_in(self, iova: int, size: int, offset: int = 0, *, timeout: float = 2.0) -> None:
+        """Copy `size` bytes at `iova` (any buffer of the device's DMA space, an
+        IommuContext's shared ones too) into the device's buffer at `offset`."""
+        self._check_window(offset, size)
+        self._dma(iova, BUFFER + offset, size, False, timeout)
+
+    def dma_out(self, iova: int, size: int, offset: int = 0, *, timeout: float = 2.0) -> None:
+        """Copy `size` bytes of the device's buffer at `offset` to `iova`."""
+        self._check_window(offset, size)
+        self._dma(BUFFER + offset, iova, size, True, timeout)
+
     def dma_roundtrip(self, data: bytes) -> bytes:
         self.dma_to_device(data)
         return self.dma_from_device(len(data))

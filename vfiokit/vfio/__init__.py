@@ -9,7 +9,7 @@ from .device import ClosedError, Device, IrqInfo, Region
 from .dma import DmaBuffer, IovaAllocator
 from .iommu import Container, Group, GroupNotViable, IommuFd
 from .irq import Intx, IntxState, Vectors
-from .session import BACKENDS, VfioDevice, choose_backend, open_device
+from .session import BACKENDS, IommuContext, VfioDevice, choose_backend, open_device
 from .sys import (
     RealSyscalls,
     Syscalls,
@@ -30,6 +30,7 @@ __all__ = [
     "GroupNotViable",
     "Intx",
     "IntxState",
+    "IommuContext",
     "IommuFd",
     "IovaAllocator",
     "IrqInfo",

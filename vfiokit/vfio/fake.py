@@ -209,6 +209,9 @@ class FakeSyscalls:
         elif path.startswith("/dev/vfio/"):
             group = path.rsplit("/", 1)[1]
             if any(d.group == group for d in self.devices.values()):
+                # As vfio_group_fops_open(): one open file per group node.
+                if any(f.kind == "group" and f.obj == group for f in self.fds.values()):
+                    raise self._oserror("open", E.EBUSY)
                 return self._new("group", group)
         raise self._oserror("open", E.ENOENT)
 
@@ -221,6 +224,8 @@ class FakeSyscalls:
         if f.kind in ("device", "cdev") and isinstance(f.obj, FakeDevice):
             f.obj.triggers.clear()
             f.obj.unmask_eventfd = -1
+        if f.kind == "cdev" and isinstance(f.obj, FakeDevice):
+            f.obj.bound_iommufd = f.obj.attached_ioas = None
 
     def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         pending = self.failures.get(request)
@@ -378,6 +383,15 @@ class FakeSyscalls:
         if req == U.VFIO_DEVICE_BIND_IOMMUFD:
             b = U.vfio_device_bind_iommufd.parse(arg)  # type: ignore[arg-type]
             self._get(b.iommufd, "iommufd")
+            # The group's DMA ownership: one iommufd for all devices of a group.
+            for other in self.devices.values():
+                if (
+                    other is not dev
+                    and other.group == dev.group
+                    and other.bound_iommufd not in (None, b.iommufd)
+                    and other.bound_iommufd in self.fds
+                ):
+                    raise self._oserror("VFIO_DEVICE_BIND_IOMMUFD", E.EBUSY)
             dev.bound_iommufd = b.iommufd
             return 0
         if req == U.VFIO_DEVICE_ATTACH_IOMMUFD_PT:

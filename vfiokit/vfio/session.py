@@ -1,20 +1,30 @@
-"""Open a PCI device through VFIO, with the legacy container/group uAPI or iommufd + the
-VFIO device cdev, and own everything that comes with it until close().
+"""Open PCI devices through VFIO, with the legacy container/group uAPI or iommufd + the
+VFIO device cdev, and own everything that comes with them until close().
+
+One device, with a DMA space of its own:
 
     with vfiokit.vfio.open_device("0000:00:04.0") as vd:
         bar0 = vd.device.bar(0).mmap().cast("I")
         intx = vd.intx()
         buf = vd.dma_buffer(4096)
+
+Several devices in one DMA space (a GPU and its audio function, the two ports of a NIC,
+or devices that DMA to each other's buffers): an IommuContext owns the container or the
+iommufd IOAS, the groups and the buffers; each buffer is mapped once and every device of
+the context sees it at the same IOVA.
+
+    with vfiokit.vfio.IommuContext() as ctx:
+        a, b = ctx.open_device("0000:00:04.0"), ctx.open_device("0000:00:08.0")
+        buf = ctx.dma_buffer(4096)
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from ..address import PciAddress
-from ..errors import InvalidArgument, NotFound, Unsupported
+from ..errors import Busy, InvalidArgument, NotFound, Unsupported
 from ..iommu import read_group
 from ..sysroot import SysRoot
 from . import uapi as U
@@ -58,78 +68,263 @@ def choose_backend(sysroot: SysRoot, bdf: str, backend: str = "auto") -> str:
     return backend
 
 
-class VfioDevice:
-    """A device opened through VFIO, with its DMA space and the objects made from it."""
+def _close_all(objs: list[Any], errors: list[BaseException], how: str = "close") -> None:
+    """Call `how` on each object in reverse order, collecting errors, and empty the list."""
+    while objs:
+        try:
+            getattr(objs.pop(), how)()
+        except BaseException as exc:  # keep closing the rest
+            errors.append(exc)
+
+
+class IommuContext:
+    """One DMA address space (a type1v2 container, or an iommufd IOAS) with any number of
+    devices opened in it; libvfn's iommu context, the VFIO selftests' iommu.
+
+    The backend is decided by the first device ("auto": iommufd where it has a VFIO cdev)
+    and kept for the others. With the legacy uAPI the group of each device joins the one
+    container, and a group is opened once for all its devices; with iommufd every device
+    binds to the one iommufd and attaches to its IOAS (the kernel lets the devices of a
+    group be owned by one iommufd only). DMA buffers are mapped once, visible to all.
+    `dma_limit` is the highest IOVA any of the devices can address.
+    """
 
     def __init__(
         self,
-        address: str,
         *,
         backend: str = "auto",
         sysroot: SysRoot | None = None,
         sys: Syscalls | None = None,
         dma_limit: int = (1 << 64) - 1,
     ):
-        self.address = str(PciAddress.parse(address))
+        if backend not in BACKENDS:
+            raise InvalidArgument(
+                f"unknown backend {backend!r}", remedy=f"one of {', '.join(BACKENDS)}"
+            )
         self.sysroot = sysroot or SysRoot()
         self.sys = sys or RealSyscalls()
-        base = f"/sys/bus/pci/devices/{self.address}"
+        self.requested_backend = backend
+        self.backend: str | None = None  # decided by the first device
+        self.dma_limit = dma_limit
+        self.dma: DmaSpace | None = None
+        self.allocator: IovaAllocator | None = None
+        self._groups: dict[str, Group] = {}
+        self._devices: dict[str, VfioDevice] = {}
+        self._buffers: dict[int, DmaBuffer] = {}  # id -> buffer, in order of creation
+        self._closed = False
+        self._private = False  # made by a lone VfioDevice, which warns for both
+
+    # -- devices ----------------------------------------------------------------------------
+    def open_device(self, address: str) -> VfioDevice:
+        """Open a device in this context; it is closed with the context, or before by its
+        own close()."""
+        return VfioDevice(address, context=self)
+
+    @property
+    def devices(self) -> list[VfioDevice]:
+        return list(self._devices.values())
+
+    def _attach(self, address: str) -> Device:
+        """The device fd of `address`, in this DMA space (for VfioDevice)."""
+        if self._closed:
+            raise InvalidArgument("the IommuContext is closed")
+        if address in self._devices:
+            raise Busy(f"{address} is already open in this context", remedy="use that object")
+        base = f"/sys/bus/pci/devices/{address}"
         if not self.sysroot.exists(base):
-            raise NotFound(f"no PCI device {self.address}", remedy="see `vfiokit list`")
-        self.backend = choose_backend(self.sysroot, self.address, backend)
-        self._undo: list[Callable[[], None]] = []
-        self._owned: dict[int, _Closeable] = {}  # id -> object, in order of creation
+            raise NotFound(f"no PCI device {address}", remedy="see `vfiokit list`")
+        want = self.backend or self.requested_backend
+        backend = choose_backend(self.sysroot, address, want)
+        first = self.dma is None
+        device = self._attach_legacy(address, base) if backend == "legacy" else None
+        if device is None:
+            device = self._attach_iommufd(address)
+        self.backend = backend
+        if first:
+            try:
+                assert self.dma is not None
+                align = self.dma.iova_alignment()
+                self.allocator = IovaAllocator(
+                    self.dma.iova_ranges(), limit=self.dma_limit, align=align, reserve_low=align
+                )
+            except BaseException:
+                device.close()
+                raise
+        return device
+
+    def _attach_legacy(self, address: str, base: str) -> Device:
+        sys = self.sys
+        number = self.sysroot.link_name(f"{base}/iommu_group")
+        if number is None:
+            raise Unsupported(f"{address} has no IOMMU group", remedy="`vfiokit doctor`")
+        if self.dma is None:
+            self.dma = Container.open(sys)
+        assert isinstance(self.dma, Container)
+        group = self._groups.get(number)
+        new_group = group is None
+        if group is None:
+            group = Group.open(sys, number, self.dma, lambda: self._blockers(number))
+            self._groups[number] = group
         try:
-            self.dma, self.device = self._open_backend(base)
-            align = self.dma.iova_alignment()
-            self.allocator = IovaAllocator(
-                self.dma.iova_ranges(), limit=dma_limit, align=align, reserve_low=align
-            )
+            return Device(sys, group.device_fd(address), address)
         except BaseException:
-            self.close()
+            if new_group:  # no other device holds it
+                del self._groups[number]
+                group.close()
             raise
 
-    def _open_backend(self, base: str) -> tuple[DmaSpace, Device]:
+    def _attach_iommufd(self, address: str) -> Device:
         sys = self.sys
-        if self.backend == "legacy":
-            group = self.sysroot.link_name(f"{base}/iommu_group")
-            if group is None:
-                raise Unsupported(f"{self.address} has no IOMMU group", remedy="`vfiokit doctor`")
-            container = Container.open(sys)
-            self._undo.append(container.close)
-            grp = Group.open(sys, group, container, lambda: self._blockers(group))
-            self._undo.append(grp.close)
-            fd = grp.device_fd(self.address)
-            device = Device(sys, fd, self.address)
-            self._undo.append(device.close)
-            return container, device
-        iommufd = IommuFd.open(sys)
-        self._undo.append(iommufd.close)
-        cdev = _cdev_name(self.sysroot, self.address)
+        if self.dma is None:
+            self.dma = IommuFd.open(sys)
+        assert isinstance(self.dma, IommuFd)
+        cdev = _cdev_name(self.sysroot, address)
         fd = sys.open(f"/dev/vfio/devices/{cdev}")
         try:  # until a Device owns the fd (it does from its constructor on)
-            bind = U.vfio_device_bind_iommufd.new(iommufd=iommufd.fd)
+            bind = U.vfio_device_bind_iommufd.new(iommufd=self.dma.fd)
             sys.ioctl(fd, U.VFIO_DEVICE_BIND_IOMMUFD, bind.to_bytes())
-            attach = U.vfio_device_attach_iommufd_pt.new(pt_id=iommufd.ioas)
+            attach = U.vfio_device_attach_iommufd_pt.new(pt_id=self.dma.ioas)
             sys.ioctl(fd, U.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach.to_bytes())
         except BaseException:
             sys.close(fd)
             raise
-        device = Device(sys, fd, self.address)
-        self._undo.append(device.close)
-        return iommufd, device
+        return Device(sys, fd, address)
 
     def _blockers(self, group: str) -> list[str]:
         return [f"{m.address} is {why}" for m, why in read_group(self.sysroot, group).blockers()]
+
+    def _register(self, vd: VfioDevice) -> None:
+        self._devices[vd.address] = vd
+
+    def _unregister(self, vd: VfioDevice) -> None:
+        self._devices.pop(vd.address, None)
+
+    # -- DMA --------------------------------------------------------------------------------
+    def dma_buffer(self, size: int, *, readable: bool = True, writable: bool = True) -> DmaBuffer:
+        """A buffer mapped once into this context's DMA space: every device sees it at
+        `buffer.iova`."""
+        if self.dma is None or self.allocator is None:
+            raise InvalidArgument(
+                "no DMA space yet: open a device in the context first",
+                remedy="IommuContext.open_device(address), then dma_buffer()",
+            )
+        buf = DmaBuffer(
+            self.dma,
+            self.sys,
+            self.allocator,
+            size,
+            readable=readable,
+            writable=writable,
+            on_close=self._forget,
+        )
+        self._buffers[id(buf)] = buf
+        return buf
+
+    def _forget(self, obj: object) -> None:
+        """A buffer closed before the context: the context no longer needs to keep it."""
+        self._buffers.pop(id(obj), None)
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close everything in reverse order: the devices' interrupts, the buffers, the
+        devices, the groups, the DMA space. Safe to call twice; the first error is raised
+        once all of it is closed."""
+        self._closed = True
+        errors: list[BaseException] = []
+        devices = list(self._devices.values())
+        for vd in reversed(devices):
+            vd._close_irqs(errors)
+        _close_all(list(self._buffers.values()), errors)
+        self._buffers.clear()
+        for vd in reversed(devices):
+            vd._close_device(errors)
+        self._devices.clear()
+        _close_all(list(self._groups.values()), errors)
+        self._groups.clear()
+        if self.dma is not None:
+            dma, self.dma = self.dma, None
+            try:
+                dma.close()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __del__(self) -> None:
+        if getattr(self, "dma", None) is not None and not getattr(self, "_private", False):
+            # Its parts close their own fds as they go; no ioctl from a finalizer.
+            warnings.warn("unclosed IommuContext", ResourceWarning, source=self, stacklevel=2)
+
+    def __enter__(self) -> IommuContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class VfioDevice:
+    """A device opened through VFIO, with the objects made from it.
+
+    Alone (`VfioDevice(address)`, or `open_device()`), it has a DMA space of its own and
+    closes it with itself. Opened in an IommuContext (`ctx.open_device(address)`), it
+    shares the context's DMA space and buffers; its close() then closes only its own
+    interrupts and device fd.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        context: IommuContext | None = None,
+        backend: str = "auto",
+        sysroot: SysRoot | None = None,
+        sys: Syscalls | None = None,
+        dma_limit: int = (1 << 64) - 1,
+    ):
+        self.address = str(PciAddress.parse(address))
+        self._own_context = context is None
+        if context is None:
+            context = IommuContext(backend=backend, sysroot=sysroot, sys=sys, dma_limit=dma_limit)
+            context._private = True
+        self.context = context
+        self._owned: dict[int, _Closeable] = {}  # interrupts, in order of creation
+        self._open = False
+        try:
+            self.device: Device = context._attach(self.address)
+        except BaseException:
+            if self._own_context:
+                context.close()
+            raise
+        self._open = True
+        context._register(self)
+
+    @property
+    def sysroot(self) -> SysRoot:
+        return self.context.sysroot
+
+    @property
+    def sys(self) -> Syscalls:
+        return self.context.sys
+
+    @property
+    def backend(self) -> str:
+        assert self.context.backend is not None
+        return self.context.backend
+
+    @property
+    def dma(self) -> DmaSpace:
+        assert self.context.dma is not None
+        return self.context.dma
+
+    @property
+    def allocator(self) -> IovaAllocator:
+        assert self.context.allocator is not None
+        return self.context.allocator
 
     # -- things made from the device, closed with it ----------------------------------------
     def _own(self, obj: _C) -> _C:
         self._owned[id(obj)] = obj
         return obj
-
-    def _forget(self, obj: object) -> None:
-        """A buffer closed before the session: the session no longer needs to keep it."""
-        self._owned.pop(id(obj), None)
 
     def intx(self, policy: str = "state") -> Intx:
         return self._own(Intx(self.device, policy))
@@ -141,38 +336,37 @@ class VfioDevice:
         return self._own(Vectors(self.device, U.VFIO_PCI_MSIX_IRQ_INDEX, count))
 
     def dma_buffer(self, size: int, *, readable: bool = True, writable: bool = True) -> DmaBuffer:
-        return self._own(
-            DmaBuffer(
-                self.dma,
-                self.sys,
-                self.allocator,
-                size,
-                readable=readable,
-                writable=writable,
-                on_close=self._forget,
-            )
-        )
+        """A buffer in the device's DMA space (the context's, shared with its devices)."""
+        return self.context.dma_buffer(size, readable=readable, writable=writable)
 
     # -- lifetime ---------------------------------------------------------------------------
-    def close(self) -> None:
-        """Close everything in reverse order of creation; safe to call twice."""
-        errors: list[BaseException] = []
-        for obj in reversed(list(self._owned.values())):
-            try:
-                obj.close()
-            except BaseException as exc:  # keep closing the rest
-                errors.append(exc)
+    def _close_irqs(self, errors: list[BaseException]) -> None:
+        _close_all(list(self._owned.values()), errors)
         self._owned.clear()
-        while self._undo:
+
+    def _close_device(self, errors: list[BaseException]) -> None:
+        if self._open:
+            self._open = False
             try:
-                self._undo.pop()()
+                self.device.close()
             except BaseException as exc:
                 errors.append(exc)
+
+    def close(self) -> None:
+        """Close everything in reverse order of creation; safe to call twice. Alone, the
+        device's buffers and DMA space go with it."""
+        if self._own_context:
+            self.context.close()
+            return
+        errors: list[BaseException] = []
+        self._close_irqs(errors)
+        self._close_device(errors)
+        self.context._unregister(self)
         if errors:
             raise errors[0]
 
     def __del__(self) -> None:
-        if getattr(self, "_undo", None) or getattr(self, "_owned", None):
+        if getattr(self, "_open", False):
             # Its parts close their own fds as they go; no ioctl from a finalizer.
             warnings.warn(
                 f"unclosed VfioDevice {self.address}", ResourceWarning, source=self, stacklevel=2
@@ -186,7 +380,8 @@ class VfioDevice:
 
 
 def open_device(address: str, **kwargs: Any) -> VfioDevice:
+    """One device with a DMA space of its own (see IommuContext for several)."""
     return VfioDevice(address, **kwargs)
 
 
-__all__ = ["BACKENDS", "VfioDevice", "choose_backend", "open_device"]
+__all__ = ["BACKENDS", "IommuContext", "VfioDevice", "choose_backend", "open_device"]

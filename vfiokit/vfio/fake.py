@@ -383,7 +383,8 @@ class FakeSyscalls:
         if req == U.VFIO_DEVICE_BIND_IOMMUFD:
             b = U.vfio_device_bind_iommufd.parse(arg)  # type: ignore[arg-type]
             self._get(b.iommufd, "iommufd")
-            # The group's DMA ownership: one iommufd for all devices of a group.
+            # The group's DMA ownership: one iommufd for all devices of a group (the
+            # kernel says EPERM, seen on 6.12).
             for other in self.devices.values():
                 if (
                     other is not dev
@@ -391,7 +392,7 @@ class FakeSyscalls:
                     and other.bound_iommufd not in (None, b.iommufd)
                     and other.bound_iommufd in self.fds
                 ):
-                    raise self._oserror("VFIO_DEVICE_BIND_IOMMUFD", E.EBUSY)
+                    raise self._oserror("VFIO_DEVICE_BIND_IOMMUFD", E.EPERM)
             dev.bound_iommufd = b.iommufd
             return 0
         if req == U.VFIO_DEVICE_ATTACH_IOMMUFD_PT:

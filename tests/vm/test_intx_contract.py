@@ -521,17 +521,21 @@ def test_reset_while_command_writes_keep_a_sharer_served(topology) -> None:
     "TCG threads")."""
     dut, other = topology.by_name("edu_reset"), topology.by_name("edu_b")
     assert dut.gsi == other.gsi
-    out: dict[str, Obs] = {}
-    for driver in DRIVERS:
-        out[driver] = reset_with_writes(dut.address, other.address, driver)
-    print("reset + COMMAND writes:", out)
-    stock, ours = out["vfio-pci"], out["vfiokit-pci"]
-    for o in (stock, ours):
+    # Each driver twice, in the order stock, ours, ours, stock, and the rates compared by
+    # their best run: scripts/test builds the next kernel while these run, and a ratio of
+    # two single runs measured one after the other took that load for starvation once
+    # (0.41x, the build's last minutes over the vfiokit-pci run; 1.07x-1.09x unloaded).
+    runs: dict[str, list[Obs]] = {d: [] for d in DRIVERS}
+    for driver in (*DRIVERS, *reversed(DRIVERS)):
+        runs[driver].append(reset_with_writes(dut.address, other.address, driver))
+    print("reset + COMMAND writes:", runs)
+    for o in runs["vfio-pci"] + runs["vfiokit-pci"]:
         assert o["errors"] == [] and o["resets"] >= 10, o
         assert o["lost"] == 0, o
         assert o["recovered of 5"] == 5, o
         assert o["after: INTx Disable, round trip"] == (False, True), o
-    assert ours["peer per s"] >= 0.5 * stock["peer per s"], out
+    best = {d: max(o["peer per s"] for o in runs[d]) for d in DRIVERS}
+    assert best["vfiokit-pci"] >= 0.5 * best["vfio-pci"], runs
 
 
 def reset_with_writes(bdf: str, peer_bdf: str, driver: str) -> Obs:

@@ -81,6 +81,10 @@ def _cmdline(extra: str) -> str:
         "rootflags=trans=virtio,version=9p2000.L,cache=loose,msize=512000 ro "
         f"init={GUEST_INIT} vfiokit.init={GUEST_INIT} vfiokit.project={REPO} vfiokit.vm=1 "
         "panic=-1 oops=panic intel_iommu=on iommu=nopt loglevel=6 "
+        # A hung guest is sent an NMI before it is killed (hung_guest_state): the panic
+        # this asks for prints the stack of the vCPU it stops, even one spinning with
+        # interrupts off, which the hung-task and soft-lockup detectors never see.
+        "unknown_nmi_panic "
         # 4-level paging: TCG's "-cpu max" offers LA57, and 7.2's KASAN then computes its
         # shadow range from the LA57 feature bit, which identify_cpu() clears for a moment
         # while it re-reads CPUID: a timer interrupt in that window is reported as a
@@ -147,6 +151,7 @@ def run_job(
             proc = subprocess.run(cmd, check=False)
             return Result(proc.returncode, "", "", "", time.monotonic() - start)
         console: deque[str] = deque(maxlen=4000)
+        lines_seen = [0]
         p = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -156,6 +161,7 @@ def run_job(
             for raw in p.stdout:
                 line = raw.decode(errors="replace").rstrip("\r\n")
                 console.append(line)
+                lines_seen[0] += 1
                 if echo:
                     print(line, flush=True)
 
@@ -167,7 +173,12 @@ def run_job(
             p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            monitor = hung_guest_state(monitor_sock, topo.cpus)
+            monitor = hung_guest_state(monitor_sock, topo.cpus, system_map(kernel))
+            before = lines_seen[0]
+            if nmi_guest(monitor_sock):
+                time.sleep(NMI_WAIT)
+            after_nmi = list(console)[len(console) - (lines_seen[0] - before) :]
+            monitor += "(qemu) nmi\n" + "\n".join(after_nmi) + "\n"
             p.kill()
             p.wait()
         t.join(timeout=5)
@@ -196,10 +207,38 @@ def run_job(
 # and the IO-APIC's routing with its remote-IRR bits: enough to tell a guest spinning in
 # a test from a lost EOI or a local timer that stopped.
 HUNG_GUEST_QUERIES = ("info registers -a", "info lapic {cpu}", "info pic", "info irq")
+# and then, RIP_SAMPLES times, RIP_GAP s apart, where each vCPU is: one sample cannot tell
+# a loop from a place passed through
+RIP_SAMPLES, RIP_GAP = 8, 0.25
+# seconds the guest is given to print its NMI panic (a debug kernel under TCG is slow)
+NMI_WAIT = 20.0
 
 
-def hung_guest_state(sock: Path, cpus: int, timeout: float = 10.0) -> str:
-    """What the monitor answers to HUNG_GUEST_QUERIES; best effort, never raises."""
+def system_map(kernel: Path) -> Path:
+    """The System.map of a kernel in out/<variant>/ (build-kernel keeps it in build/<variant>/)."""
+    return kernel.parent.parent.parent / "build" / kernel.parent.name / "System.map"
+
+
+def symbolize(rip: int, smap: Path) -> str:
+    """`rip` as symbol+offset from a System.map; '?' if the map is missing or says nothing."""
+    try:
+        text = smap.read_text()
+    except OSError:
+        return "?"
+    best: tuple[int, str] | None = None
+    for line in text.splitlines():
+        addr, kind, name = [*line.split(), "", "", ""][:3]
+        if kind.lower() != "t":
+            continue
+        a = int(addr, 16)
+        if a <= rip and (best is None or a > best[0]):
+            best = (a, name)
+    return f"{best[1]}+{rip - best[0]:#x}" if best else "?"
+
+
+def hung_guest_state(sock: Path, cpus: int, smap: Path | None = None, timeout: float = 10.0) -> str:
+    """What the monitor answers to HUNG_GUEST_QUERIES, then RIP samples (symbolized with
+    `smap`); best effort, never raises."""
     queries = [q.format(cpu=c) for q in HUNG_GUEST_QUERIES for c in range(cpus if "{" in q else 1)]
     out: list[str] = []
     try:
@@ -211,9 +250,33 @@ def hung_guest_state(sock: Path, cpus: int, timeout: float = 10.0) -> str:
                 s.sendall(q.encode() + b"\n")
                 reply = _until_prompt(s)
                 out.append(f"(qemu) {q}\n{reply.strip()}")
+            samples = []
+            for _ in range(RIP_SAMPLES):
+                time.sleep(RIP_GAP)
+                s.sendall(b"info registers -a\n")
+                reply = _until_prompt(s)
+                samples += [
+                    line.split()[0][4:] for line in reply.splitlines() if line.startswith("RIP=")
+                ]
+            named = [f"{r} {symbolize(int(r, 16), smap) if smap else '?'}" for r in samples]
+            out.append("(qemu) RIP samples\n" + "\n".join(named))
     except OSError as exc:
         out.append(f"monitor: {exc}")
     return "\n".join(out) + "\n"
+
+
+def nmi_guest(sock: Path, timeout: float = 10.0) -> bool:
+    """Send every vCPU an NMI (the guest then panics with a stack trace); True if sent."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock))
+            _until_prompt(s)
+            s.sendall(b"nmi\n")
+            _until_prompt(s)
+    except OSError:
+        return False
+    return True
 
 
 def _until_prompt(s: socket.socket) -> str:

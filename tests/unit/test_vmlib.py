@@ -72,3 +72,98 @@ def test_result_ok() -> None:
     assert not runner.Result(0, "", "", "", 1.0, timed_out=True).ok
     assert not runner.Result(0, "", "", "", 1.0, bad_dmesg=["x"]).ok
     assert not runner.Result(1, "", "", "", 1.0).ok
+
+
+def test_symbolize_picks_the_nearest_text_symbol_below(tmp_path: Path) -> None:
+    smap = tmp_path / "System.map"
+    smap.write_text(
+        "ffffffff81000000 T _stext\n"
+        "ffffffff81400000 t __lock_acquire\n"
+        "ffffffff81400800 D some_data\n"
+        "ffffffff81401000 T lock_acquire\n"
+    )
+    assert runner.symbolize(0xFFFFFFFF81400A05, smap) == "__lock_acquire+0xa05"
+    assert runner.symbolize(0xFFFFFFFF81401000, smap) == "lock_acquire+0x0"
+    assert runner.symbolize(0xFFFFFFFF80000000, smap) == "?"
+    assert runner.symbolize(0xFFFFFFFF81000000, tmp_path / "missing") == "?"
+
+
+class FakeMonitor:
+    """QEMU's human monitor on a Unix socket, as far as hung_guest_state uses it: a banner,
+    a prompt, each command echoed (with terminal escapes) and answered."""
+
+    def __init__(self, path: Path, rips: list[str]) -> None:
+        import socket
+        import threading
+
+        self.commands: list[str] = []
+        self.rips = list(rips)
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def answer(self, cmd: str) -> str:
+        if cmd == "info registers -a":
+            rip = self.rips.pop(0) if self.rips else "ffffffff81000000"
+            return f"CPU#0\r\nRIP={rip} RFL=00000006 [-----P-] CPL=0\r\nRAX=0\r\n"
+        return f"answer to {cmd}\r\n"
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"QEMU 7.2.0 monitor\r\n(qemu) ")
+                buf = b""
+                while True:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        cmd = line.decode()
+                        self.commands.append(cmd)
+                        echo = f"\x1b[K{cmd}\r\n"
+                        conn.sendall((echo + self.answer(cmd) + "(qemu) ").encode())
+
+    def close(self) -> None:
+        self.srv.close()
+
+
+def test_hung_guest_state_samples_and_names_the_rips(tmp_path: Path) -> None:
+    smap = tmp_path / "System.map"
+    smap.write_text("ffffffff81400000 t __lock_acquire\nffffffff81500000 T do_raw_spin_lock\n")
+    sock = tmp_path / "monitor.sock"
+    rips = ["ffffffff81400a05", "ffffffff81500010"] + ["ffffffff81400a05"] * 20
+    mon = FakeMonitor(sock, rips)
+    try:
+        state = runner.hung_guest_state(sock, cpus=2, smap=smap)
+        sent = runner.nmi_guest(sock)
+    finally:
+        mon.close()
+    assert mon.commands[:5] == [
+        "info registers -a",
+        "info lapic 0",
+        "info lapic 1",
+        "info pic",
+        "info irq",
+    ]
+    assert mon.commands[5:] == ["info registers -a"] * runner.RIP_SAMPLES + ["nmi"]
+    assert sent
+    assert "(qemu) info lapic 1\nanswer to info lapic 1" in state
+    samples = state.split("(qemu) RIP samples\n", 1)[1].splitlines()
+    # the first dump was the full one; the samples follow it
+    assert samples[0] == "ffffffff81500010 do_raw_spin_lock+0x10"
+    assert samples[1:] == ["ffffffff81400a05 __lock_acquire+0xa05"] * (runner.RIP_SAMPLES - 1)
+    assert "\x1b" not in state
+
+
+def test_a_missing_monitor_is_reported_not_raised(tmp_path: Path) -> None:
+    state = runner.hung_guest_state(tmp_path / "none.sock", cpus=1)
+    assert state.startswith("monitor: ")
+    assert runner.nmi_guest(tmp_path / "none.sock") is False

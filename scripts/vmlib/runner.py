@@ -323,5 +323,5 @@ def explain_failure(res: Result, out=sys.stderr) -> None:
             print(f"  {line}", file=out)
     if res.timed_out or res.rc == 255:
         print("vm: last console lines:", file=out)
-        for line in res.console.splitlines()[-25:]:
+        for line in res.console.splitlines()[-(80 if res.timed_out else 25) :]:
             print(f"  {line}", file=out)

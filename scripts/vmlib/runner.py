@@ -85,11 +85,6 @@ def _cmdline(extra: str) -> str:
         # this asks for prints the stack of the vCPU it stops, even one spinning with
         # interrupts off, which the hung-task and soft-lockup detectors never see.
         "unknown_nmi_panic "
-        # 4-level paging: TCG's "-cpu max" offers LA57, and 7.2's KASAN then computes its
-        # shadow range from the LA57 feature bit, which identify_cpu() clears for a moment
-        # while it re-reads CPUID: a timer interrupt in that window is reported as a
-        # "wild-memory-access" (seen once at 0.004 s, handle_edge_irq, December 2026).
-        "no5lvl "
         # The genirq patch's KUnit suite runs at every boot (milliseconds); test_kunit.py
         # checks its results.
         "kunit.enable=1 kunit.filter_glob=irq_mask_device"

@@ -31,7 +31,7 @@ def test_qemu_command() -> None:
     }
     argv = qemu.command(topo, kernel=Path("/k/bzImage"), append="console=ttyS0", shares=shares)
     joined = " ".join(argv)
-    assert argv[:5] == ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-cpu", "max"]
+    assert argv[:5] == ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-cpu", "max,la57=off"]
     assert "e1000,addr=0x11.0,romfile=,multifunction=on -device e1000,addr=0x11.1," in joined
     assert "-device edu,addr=0x04.0" in joined and "-device e1000,addr=0x0c.0,romfile=" in joined
     assert "path=/,security_model=none,multidevs=remap,readonly=on" in joined

@@ -451,6 +451,26 @@ int vfiokit_intx_set_irqs(struct vfiokit_pci_device *kdev, u32 flags,
 }
 
 /*
+ * Make the device's INTx Disable say @disabled, leaving the rest of the
+ * command register as it is; nothing is written if it already does, or if
+ * the device does not answer (all ones). Caller holds kdev->lock, which
+ * every writer of the bit on our side takes.
+ */
+static void vfiokit_intx_write_disable(struct vfiokit_pci_device *kdev,
+				       bool disabled)
+{
+	struct pci_dev *pdev = kdev->core.pdev;
+	u16 cmd, want = disabled ? PCI_COMMAND_INTX_DISABLE : 0;
+
+	lockdep_assert_held(&kdev->lock);
+	if (pci_read_config_word(pdev, PCI_COMMAND, &cmd) || cmd == 0xffff)
+		return;
+	if ((cmd & PCI_COMMAND_INTX_DISABLE) != want)
+		pci_write_config_word(pdev, PCI_COMMAND,
+				      (cmd & ~PCI_COMMAND_INTX_DISABLE) | want);
+}
+
+/*
  * Put INTx Disable in the device back to what the mask state says. The
  * core's config write read-modify-writes the command register without our
  * lock; a handler masking or an unmask eventfd unmasking in between would
@@ -461,19 +481,11 @@ int vfiokit_intx_set_irqs(struct vfiokit_pci_device *kdev, u32 flags,
  */
 static void vfiokit_intx_sync_command(struct vfiokit_pci_device *kdev)
 {
-	struct pci_dev *pdev = kdev->core.pdev;
 	unsigned long flags;
-	u16 cmd, want;
 
 	spin_lock_irqsave(&kdev->lock, flags);
-	if (kdev->enabled && !kdev->exclusive &&
-	    !pci_read_config_word(pdev, PCI_COMMAND, &cmd) && cmd != 0xffff) {
-		want = kdev->dev_masked ? PCI_COMMAND_INTX_DISABLE : 0;
-		if ((cmd & PCI_COMMAND_INTX_DISABLE) != want)
-			pci_write_config_word(pdev, PCI_COMMAND,
-					      (cmd & ~PCI_COMMAND_INTX_DISABLE) |
-					      want);
-	}
+	if (kdev->enabled && !kdev->exclusive)
+		vfiokit_intx_write_disable(kdev, kdev->dev_masked);
 	spin_unlock_irqrestore(&kdev->lock, flags);
 }
 
@@ -518,9 +530,7 @@ void vfiokit_intx_command_written(struct vfiokit_pci_device *kdev,
  */
 void vfiokit_intx_reset_done(struct vfiokit_pci_device *kdev)
 {
-	struct pci_dev *pdev = kdev->core.pdev;
 	unsigned long flags;
-	u16 cmd, want;
 
 	spin_lock_irqsave(&kdev->lock, flags);
 	/*
@@ -532,11 +542,7 @@ void vfiokit_intx_reset_done(struct vfiokit_pci_device *kdev)
 	     READ_ONCE(kdev->core.irq_type) != VFIO_PCI_NUM_IRQS))
 		goto out;
 	/* With INTx off the bit stays set (vfiokit_intx_unmask()). */
-	want = !kdev->enabled || kdev->dev_masked ? PCI_COMMAND_INTX_DISABLE : 0;
-	if (!pci_read_config_word(pdev, PCI_COMMAND, &cmd) && cmd != 0xffff &&
-	    (cmd & PCI_COMMAND_INTX_DISABLE) != want)
-		pci_write_config_word(pdev, PCI_COMMAND,
-				      (cmd & ~PCI_COMMAND_INTX_DISABLE) | want);
+	vfiokit_intx_write_disable(kdev, !kdev->enabled || kdev->dev_masked);
 out:
 	spin_unlock_irqrestore(&kdev->lock, flags);
 }

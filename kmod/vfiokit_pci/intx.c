@@ -519,16 +519,18 @@ void vfiokit_intx_command_written(struct vfiokit_pci_device *kdev,
 }
 
 /*
- * After any reset of the device (VFIO_DEVICE_RESET, a hot reset of its set,
- * a reset through sysfs), from the PCI core's reset_done, device lock held:
- * the core has restored the command register it saved when the reset began,
- * so a mask, an unmask, or INTx turned off or on that wrote INTx Disable
- * meanwhile has been undone. Most of those writers cannot wait for the
- * reset: the handler and the unmask eventfd run in atomic context. Put the
- * bit back to what the mask state says; a writer after this point writes
- * it right under the same lock. vfio-pci has no such step.
+ * After the command register was restored behind our back, from the config
+ * space saved before: by any reset of the device (VFIO_DEVICE_RESET, a hot
+ * reset of its set, a reset through sysfs; from the PCI core's reset_done,
+ * device lock held), and by the core's return from D3hot to D0 on a device
+ * without No_Soft_Reset (a PM_CTRL write; memory_lock held for read). A
+ * mask, an unmask, or INTx turned off or on that wrote INTx Disable since the
+ * save has been undone. Most of those writers cannot wait for the reset or
+ * the power-state change: the handler and the unmask eventfd run in atomic
+ * context. Put the bit back to what the mask state says; a writer after this
+ * point writes it right under the same lock. vfio-pci has no such step.
  */
-void vfiokit_intx_reset_done(struct vfiokit_pci_device *kdev)
+void vfiokit_intx_restored(struct vfiokit_pci_device *kdev)
 {
 	unsigned long flags;
 

@@ -81,7 +81,7 @@ static void vfiokit_pci_save_intx_masked(struct vfio_pci_core_device *vdev)
 	vdev->pci_saved_state = state;
 }
 
-/* Tells vfiokit_intx_reset_done() whether the device state is ours. */
+/* Tells vfiokit_intx_restored() whether the device state is ours. */
 static void vfiokit_pci_set_opened(struct vfiokit_pci_device *kdev, bool opened)
 {
 	unsigned long flags;
@@ -311,26 +311,34 @@ static ssize_t vfiokit_pci_read(struct vfio_device *core_vdev, char __user *buf,
  * Writes to the command register reach the core, which emulates INTx Disable
  * (virq_disabled) and read-modify-writes the other bits of the physical
  * register. Only a change of the user's INTx Disable masks or unmasks, as on
- * vfio-pci; see vfiokit_intx_command_written(). intx_lock
- * keeps every write to the register and every SET_IRQS in one order.
+ * vfio-pci; see vfiokit_intx_command_written(). A write to PM_CTRL can take
+ * the device from D3hot back to D0, where the core restores the config space
+ * it saved on entering D3hot, the command register included: INTx Disable is
+ * then put back as after a reset (vfiokit_intx_restored()). intx_lock keeps
+ * every such write and every SET_IRQS in one order.
  */
 static ssize_t vfiokit_pci_write(struct vfio_device *core_vdev,
 				 const char __user *buf, size_t count,
 				 loff_t *ppos)
 {
 	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
+	struct pci_dev *pdev = kdev->core.pdev;
 	unsigned int index = VFIO_PCI_OFFSET_TO_INDEX(*ppos);
 	loff_t pos = *ppos & VFIO_PCI_OFFSET_MASK;
-	bool was_disabled;
+	bool was_disabled, command, pm_ctrl;
 	ssize_t ret;
 
-	if (index != VFIO_PCI_CONFIG_REGION_INDEX ||
-	    !(vfiokit_pci_covers(pos, count, PCI_COMMAND) ||
-	      vfiokit_pci_covers(pos, count, VFIOKIT_CMD_HI)))
+	if (index != VFIO_PCI_CONFIG_REGION_INDEX)
+		return vfio_pci_core_write(core_vdev, buf, count, ppos);
+	command = vfiokit_pci_covers(pos, count, PCI_COMMAND) ||
+		  vfiokit_pci_covers(pos, count, VFIOKIT_CMD_HI);
+	pm_ctrl = pdev->pm_cap &&
+		  vfiokit_pci_covers(pos, count, pdev->pm_cap + PCI_PM_CTRL);
+	if (!command && !pm_ctrl)
 		return vfio_pci_core_write(core_vdev, buf, count, ppos);
 
 	/* The core drops its runtime PM reference before we touch the device. */
-	ret = pm_runtime_resume_and_get(&kdev->core.pdev->dev);
+	ret = pm_runtime_resume_and_get(&pdev->dev);
 	if (ret < 0)
 		return ret;
 	mutex_lock(&kdev->intx_lock);
@@ -339,8 +347,14 @@ static ssize_t vfiokit_pci_write(struct vfio_device *core_vdev,
 	/* Even a write that failed part way may have changed the bit. */
 	if (vfiokit_pci_covers(pos, count, VFIOKIT_CMD_HI))
 		vfiokit_intx_command_written(kdev, was_disabled);
+	if (pm_ctrl) {
+		/* As after a command write: no reset in between. */
+		down_read(&kdev->core.memory_lock);
+		vfiokit_intx_restored(kdev);
+		up_read(&kdev->core.memory_lock);
+	}
 	mutex_unlock(&kdev->intx_lock);
-	pm_runtime_put(&kdev->core.pdev->dev);
+	pm_runtime_put(&pdev->dev);
 	return ret;
 }
 
@@ -482,9 +496,9 @@ static void vfiokit_pci_reset_done(struct pci_dev *pdev)
 	struct vfio_pci_core_device *vdev = dev_get_drvdata(&pdev->dev);
 
 	if (vdev)
-		vfiokit_intx_reset_done(container_of(vdev,
-						     struct vfiokit_pci_device,
-						     core));
+		vfiokit_intx_restored(container_of(vdev,
+						   struct vfiokit_pci_device,
+						   core));
 }
 
 /* The core's AER handling, and INTx Disable put right after a reset. */

@@ -17,9 +17,10 @@
  *                       memory_lock. Writers of @trigger hold it.
  *   core.memory_lock    (the core's rwsem) held for read around the mask,
  *                       unmask and INTx Disable repair after a command
- *                       register write, so a reset cannot run in between.
+ *                       register write, and around the repair after a
+ *                       PM_CTRL write, so a reset cannot run in between.
  *   device lock         held by the PCI core around a reset and its
- *                       reset_done, where vfiokit_intx_reset_done() takes
+ *                       reset_done, where vfiokit_intx_restored() takes
  *                       @lock to put INTx Disable back after the restore;
  *                       the atomic writers cannot wait for a reset.
  *   eventfd wait queue  an unmask eventfd runs vfiokit_intx_unmask_virqfd()
@@ -78,7 +79,7 @@ void vfiokit_intx_mask(struct vfiokit_pci_device *kdev);
 void vfiokit_intx_unmask(struct vfiokit_pci_device *kdev);
 void vfiokit_intx_command_written(struct vfiokit_pci_device *kdev,
 				  bool was_disabled);
-void vfiokit_intx_reset_done(struct vfiokit_pci_device *kdev);
+void vfiokit_intx_restored(struct vfiokit_pci_device *kdev);
 void vfiokit_intx_state(struct vfiokit_pci_device *kdev,
 			struct vfiokit_intx_state *st);
 

@@ -14,7 +14,7 @@ class Device:
     name: str
     qemu: str
     slot: int
-    line: str  # "shared", "alone", "group" (a multi-function device) or "infra"
+    line: str  # "shared", "alone", "group" (a multi-function device), "pm" or "infra"
     options: str = ""
     function: int = 0
     parent: str = ""  # behind this root port (a device of qemu "pcie-root-port")

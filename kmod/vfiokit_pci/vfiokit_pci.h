@@ -12,8 +12,8 @@
  * Locking, outermost first:
  *   intx_lock (mutex)   serializes INTx set-up and tear-down, every
  *                       VFIO_DEVICE_SET_IRQS, every config write that reaches
- *                       the command register and low-power entry against
- *                       each other; taken outside the core's igate and
+ *                       the command register or PM_CTRL and low-power entry
+ *                       against each other; taken outside the core's igate and
  *                       memory_lock. Writers of @trigger hold it.
  *   core.memory_lock    (the core's rwsem) held for read around the mask,
  *                       unmask and INTx Disable repair after a command

@@ -796,7 +796,14 @@ def pm_round_trip(bdf: str, driver: str) -> Obs:
         o: Obs = {"ops": [], "wrong": []}
         for name, flags, count, data, want in ops:
             if name == "unmask":
-                assert dev.set_irqs(NONE | MASK) == 0  # so that D3hot entry saves it masked
+                # so that D3hot entry saves it masked: stock's MASK does nothing while
+                # its own view is still masked from the step before (the restore undid
+                # only the device's bit), so unmask first
+                assert dev.set_irqs(NONE | UNMASK) == 0 and dev.set_irqs(NONE | MASK) == 0
+            # the state D3hot entry saves must differ from what the operation makes it,
+            # or the restore could not show
+            before = bool(h.sysfs_config(bdf, h.PCI_COMMAND, 2) & INTX_DISABLE)
+            assert before != want, f"{driver} {name}: INTx Disable already {before}"
             power(D3HOT)
             assert dev.set_irqs(flags, count=count, data=data) == 0
             power(D0)

@@ -375,7 +375,7 @@ def test_hot_reset_scope_and_caps(host: FakeSys, kernel: FakeSyscalls) -> None:
     with open_dev(host, kernel, "legacy") as vd:
         assert vd.device.capabilities() == []
         with pytest.raises(VfioError):
-            vd.device.hot_reset_scope()  # the fake has no bus reset
+            vd.device.hot_reset_scope()  # on the root bus: no bus reset (ENODEV)
 
 
 # -- leaks: every fd closed on every path -------------------------------------------------

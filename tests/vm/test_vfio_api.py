@@ -138,29 +138,17 @@ def test_use_after_close_and_wrong_address(topology) -> None:
         open_device("0000:00:1e.0")
 
 
-def test_reset_and_hot_reset_scope(topology) -> None:
-    """A function-level reset works; the bus-reset scope is shown before anything is done.
-
-    The edu devices sit on q35's root bus, where the kernel has no bus reset: the scope
-    query answers with an error carrying errno, and hot_reset() likewise; neither crashes.
-    """
-    from vfiokit.vfio import VfioError
+def test_no_reset_method_is_unsupported(topology) -> None:
+    """edu_alone has no reset method (no FLR, no PM reset, the root bus has no bus reset):
+    VFIO says so and reset() refuses with Unsupported. Hot reset, on edu_reset behind a
+    root port: tests/vm/test_hot_reset.py."""
+    from vfiokit import Unsupported
 
     dev = topology.by_name("edu_alone")
     with h.bound(dev.address, "vfio-pci"), open_device(dev.address, backend="legacy") as vd:
-        edu = Edu(vd, irq=False)
-        edu.write(0x04, 0x1234)
-        if vd.device.can_reset:
+        assert not vd.device.can_reset
+        with pytest.raises(Unsupported):
             vd.device.reset()
-        try:
-            scope = vd.device.hot_reset_scope()
-        except VfioError as exc:
-            assert exc.errno is not None
-        else:
-            assert (dev.address, int(h.group_of(dev.address))) in scope
-        with pytest.raises(VfioError):
-            vd.device.hot_reset([])
-        edu.close()
 
 
 def test_dma_beyond_memlock_as_a_user(topology, tmp_path) -> None:

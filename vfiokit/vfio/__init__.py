@@ -5,11 +5,19 @@ with open_device("0000:00:04.0") as vd:
     ...
 """
 
-from .device import ClosedError, Device, IrqInfo, Region
+from .device import AffectedDevice, ClosedError, Device, HotResetScope, IrqInfo, Region
 from .dma import DmaBuffer, IovaAllocator
 from .iommu import Container, Group, GroupNotViable, IommuFd
 from .irq import Intx, IntxState, Vectors
-from .session import BACKENDS, IommuContext, VfioDevice, choose_backend, open_device
+from .session import (
+    BACKENDS,
+    HotResetPlan,
+    HotResetRefused,
+    IommuContext,
+    VfioDevice,
+    choose_backend,
+    open_device,
+)
 from .sys import (
     RealSyscalls,
     Syscalls,
@@ -22,12 +30,16 @@ from .sys import (
 
 __all__ = [
     "BACKENDS",
+    "AffectedDevice",
     "ClosedError",
     "Container",
     "Device",
     "DmaBuffer",
     "Group",
     "GroupNotViable",
+    "HotResetPlan",
+    "HotResetRefused",
+    "HotResetScope",
     "Intx",
     "IntxState",
     "IommuContext",

@@ -7,6 +7,7 @@ import ctypes
 import errno as E
 import mmap
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from .. import pciconfig
 from ..errors import Busy, InvalidArgument, Unsupported, VfiokitError
 from . import uapi as U
 from .iommu import _parse_caps
-from .sys import Syscalls, warn_unclosed
+from .sys import Syscalls, ioctl_named, warn_unclosed
 
 _FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 PAGE = mmap.PAGESIZE
@@ -33,6 +34,43 @@ def _feature(feature: int) -> int:
 
 class ClosedError(VfiokitError):
     """Use of an object after close()."""
+
+
+@dataclass(frozen=True)
+class AffectedDevice:
+    """One device a hot reset hits, as VFIO_DEVICE_GET_PCI_HOT_RESET_INFO reports it.
+
+    Legacy uAPI: `group` is its IOMMU group, `owned` None (the kernel judges ownership by
+    the group fds given to the reset). iommufd: `devid` is its id in the calling
+    iommufd (0: owned through its group, not opened; None with owned False: not owned,
+    the kernel's VFIO_PCI_DEVID_NOT_OWNED), `group` None.
+    """
+
+    address: str
+    group: int | None
+    devid: int | None
+    owned: bool | None
+
+
+@dataclass(frozen=True)
+class HotResetScope:
+    """What a hot reset of `device` hits. `by_devid`: the kernel answered by devid (a
+    device opened through its cdev); `all_owned` is then its
+    VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED (None for the legacy uAPI)."""
+
+    device: str
+    by_devid: bool
+    all_owned: bool | None
+    devices: list[AffectedDevice]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [d.address for d in self.devices]
+
+    @property
+    def groups(self) -> list[int]:
+        """The IOMMU groups in the scope, each once (legacy uAPI only)."""
+        return sorted({d.group for d in self.devices if d.group is not None})
 
 
 @dataclass
@@ -303,38 +341,61 @@ class Device:
             raise Unsupported(f"{self.address} has no reset method VFIO can use")
         self.sys.ioctl(self.fd, U.VFIO_DEVICE_RESET)
 
-    def hot_reset_scope(self) -> list[tuple[str, int]]:
-        """Which devices a bus reset would hit: [(address, group or devid)]."""
+    def hot_reset_scope(self) -> HotResetScope:
+        """Which devices a bus (or slot) reset of this device would hit, and, opened
+        through its cdev, which of them the calling iommufd owns
+        (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO). NotFound (ENODEV) where the device has
+        neither a slot nor a bus reset."""
         self._live()
         size = ctypes.sizeof(U.vfio_pci_hot_reset_info)
-        buf = U.vfio_pci_hot_reset_info.new().to_bytes()
-        try:
-            self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf)
-        except VfiokitError as exc:
-            if exc.errno != 28:  # ENOSPC: count tells how many entries
-                raise
-        count = U.vfio_pci_hot_reset_info.parse(buf).count
         step = ctypes.sizeof(U.vfio_pci_dependent_device)
-        buf = U.vfio_pci_hot_reset_info.new(count * step).to_bytes() + bytearray(count * step)
-        self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf)
-        out = []
-        for i in range(U.vfio_pci_hot_reset_info.parse(buf).count):
-            d = U.vfio_pci_dependent_device.parse(buf, size + i * step)
-            addr = f"{d.segment:04x}:{d.bus:02x}:{d.devfn >> 3:02x}.{d.devfn & 7:x}"
-            out.append((addr, d.group_id))
-        return out
+        count = 0
+        for _ in range(4):  # a device can appear between the two calls: ENOSPC again
+            buf = U.vfio_pci_hot_reset_info.new(count * step).to_bytes() + bytearray(count * step)
+            try:
+                with ioctl_named("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO"):
+                    self.sys.ioctl(self.fd, U.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf)
+            except VfiokitError as exc:
+                if exc.errno != E.ENOSPC:
+                    raise
+                # Only the count is written back with ENOSPC (flags are 0 there).
+                count = U.vfio_pci_hot_reset_info.parse(buf).count
+                continue
+            hdr = U.vfio_pci_hot_reset_info.parse(buf)
+            by_devid = bool(hdr.flags & U.VFIO_PCI_HOT_RESET_FLAG_DEV_ID)
+            out = []
+            for i in range(min(hdr.count, count)):
+                d = U.vfio_pci_dependent_device.parse(buf, size + i * step)
+                addr = f"{d.segment:04x}:{d.bus:02x}:{d.devfn >> 3:02x}.{d.devfn & 7:x}"
+                if by_devid:
+                    owned = d.group_id != U.DEVID_NOT_OWNED
+                    devid = d.group_id if owned else None
+                    out.append(AffectedDevice(addr, group=None, devid=devid, owned=owned))
+                else:
+                    out.append(AffectedDevice(addr, group=d.group_id, devid=None, owned=None))
+            all_owned = bool(hdr.flags & U.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED)
+            return HotResetScope(self.address, by_devid, all_owned if by_devid else None, out)
+        raise Busy(
+            f"{self.address}: the devices behind its bus reset kept changing",
+            remedy="try again once devices stop being added or removed",
+        )
 
-    def hot_reset(self, group_fds: list[int] | None = None) -> None:
-        """Reset the device's bus (or slot): every device hot_reset_scope() lists is hit.
+    def hot_reset(self, group_fds: Sequence[int] = ()) -> None:
+        """VFIO_DEVICE_PCI_HOT_RESET: reset the device's bus (or slot), hitting every
+        device hot_reset_scope() lists. The low-level call: VfioDevice.hot_reset() plans
+        the arguments and refuses what the kernel would.
 
-        Legacy uAPI: pass the fds of every group in the scope (the caller must own them
-        all). iommufd: pass nothing; the kernel checks that this iommufd owns them.
+        Legacy uAPI (a device from a group fd): pass the fd of every group in the scope,
+        which the kernel takes as proof of owning them (EINVAL if one is missing).
+        iommufd (a device from its cdev): pass none; the kernel checks that this
+        iommufd owns every affected device (EINVAL if not).
         """
         self._live()
-        fds = group_fds or []
+        fds = list(group_fds)
         data = _fd_array(fds)
         arg = U.vfio_pci_hot_reset.new(len(data), count=len(fds)).to_bytes() + data
-        self.sys.ioctl(self.fd, U.VFIO_DEVICE_PCI_HOT_RESET, arg)
+        with ioctl_named("VFIO_DEVICE_PCI_HOT_RESET"):
+            self.sys.ioctl(self.fd, U.VFIO_DEVICE_PCI_HOT_RESET, arg)
 
     def feature_get(self, feature: int, size: int) -> bytes:
         """VFIO_DEVICE_FEATURE GET of `size` bytes of payload."""

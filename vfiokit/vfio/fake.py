@@ -66,6 +66,14 @@ class FakeDevice:
     features: dict[int, FakeFeature] = field(default_factory=dict)
     bound_iommufd: int | None = None
     attached_ioas: int | None = None
+    devid: int = 0  # the iommufd devid BIND_IOMMUFD gave it (0: not bound)
+    # Hot reset: the devices with the same reset_bus sit behind one bus (or slot) reset;
+    # None: no bus or slot reset (a root bus), ENODEV. `vfio`: bound to a VFIO driver
+    # (False: to a host driver, outside the kernel's dev_set, which blocks the reset).
+    reset_bus: str | None = None
+    vfio: bool = True
+    hot_resets: int = 0
+    power_on: dict[int, bytes] = field(default_factory=dict)  # region -> its contents
 
 
 @dataclass
@@ -93,6 +101,7 @@ class FakeSyscalls:
         self.container_groups: list[str] = []
         self.iommu_set = False
         self.ioas_next = 1
+        self.devid_next = 1
         self.calls: list[str] = []
 
     # -- scripting --------------------------------------------------------------------------
@@ -109,6 +118,7 @@ class FakeSyscalls:
         vfiokit: bool = False,
         sparse: list[tuple[int, int]] | None = None,
         can_reset: bool = True,
+        reset_bus: str | None = None,
     ) -> FakeDevice:
         rw = U.VFIO_REGION_INFO_FLAG_READ | U.VFIO_REGION_INFO_FLAG_WRITE
         regions = {
@@ -131,6 +141,8 @@ class FakeSyscalls:
             U.VFIO_PCI_MSIX_IRQ_INDEX: (eventfd | U.VFIO_IRQ_INFO_NORESIZE, msix),
         }
         dev = FakeDevice(address, group, cdev, regions, irqs, can_reset, vfiokit)
+        dev.reset_bus = reset_bus
+        dev.power_on = {i: bytes(r.data) for i, r in regions.items()}
         self.devices[address] = dev
         return dev
 
@@ -226,6 +238,7 @@ class FakeSyscalls:
             f.obj.unmask_eventfd = -1
         if f.kind == "cdev" and isinstance(f.obj, FakeDevice):
             f.obj.bound_iommufd = f.obj.attached_ioas = None
+            f.obj.devid = 0
 
     def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
         pending = self.failures.get(request)
@@ -394,6 +407,10 @@ class FakeSyscalls:
                 ):
                     raise self._oserror("VFIO_DEVICE_BIND_IOMMUFD", E.EPERM)
             dev.bound_iommufd = b.iommufd
+            dev.devid = self.devid_next
+            self.devid_next += 1
+            b.out_devid = dev.devid
+            arg[: ctypes.sizeof(b)] = bytes(b)  # type: ignore[index]
             return 0
         if req == U.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
             if dev.bound_iommufd is None:
@@ -433,7 +450,118 @@ class FakeSyscalls:
             return 0
         if req == U.VFIO_DEVICE_FEATURE:
             return self._feature(dev, buf)
+        if req == U.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO:
+            return self._hot_reset_info(dev, f.kind == "cdev", buf)
+        if req == U.VFIO_DEVICE_PCI_HOT_RESET:
+            return self._hot_reset(dev, f.kind == "cdev", buf)
         raise self._oserror(f"ioctl {req:#x}", E.ENOTTY)
+
+    # -- hot reset: vfio_pci_core.c's rules (Linux 6.12) ------------------------------------
+    def _reset_scope(self, dev: FakeDevice, op: str) -> list[FakeDevice]:
+        """The devices behind dev's bus or slot reset (vfio_pci_for_each_slot_or_bus);
+        ENODEV where it has neither (pci_probe_reset_slot/bus fail)."""
+        if dev.reset_bus is None:
+            raise self._oserror(op, E.ENODEV)
+        return sorted(
+            (d for d in self.devices.values() if d.reset_bus == dev.reset_bus),
+            key=lambda d: d.address,
+        )
+
+    def _iommufd_owns(self, iommufd: int | None, d: FakeDevice) -> int | None:
+        """vfio_iommufd_get_dev_id(): the devid where `d` is bound to this iommufd, 0
+        (-ENOENT: VFIO_PCI_DEVID_OWNED) where its group is (another device of the group
+        bound to it), None where it is not owned."""
+        if iommufd is None or not d.vfio:
+            return None
+        if d.bound_iommufd == iommufd:
+            return d.devid
+        if any(o.group == d.group and o.bound_iommufd == iommufd for o in self.devices.values()):
+            return U.VFIO_PCI_DEVID_OWNED
+        return None
+
+    def _hot_reset_info(self, dev: FakeDevice, cdev: bool, buf: bytearray) -> int:
+        op = "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO"
+        hsize = ctypes.sizeof(U.vfio_pci_hot_reset_info)
+        step = ctypes.sizeof(U.vfio_pci_dependent_device)
+        hdr = U.vfio_pci_hot_reset_info.parse(buf)
+        if hdr.argsz < hsize:
+            raise self._oserror(op, E.EINVAL)
+        scope = self._reset_scope(dev, op)
+        if len(scope) > (hdr.argsz - hsize) // step:
+            # only the header goes back: the count, flags 0
+            buf[:hsize] = bytes(U.vfio_pci_hot_reset_info(argsz=hdr.argsz, count=len(scope)))
+            raise self._oserror(op, E.ENOSPC)
+        flags = 0
+        if cdev:
+            flags = U.VFIO_PCI_HOT_RESET_FLAG_DEV_ID | U.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED
+        for i, d in enumerate(scope):
+            bus, slot, fn = d.address[5:7], d.address[8:10], d.address[11]
+            if cdev:
+                devid = self._iommufd_owns(dev.bound_iommufd, d)
+                if devid is None:
+                    devid = U.DEVID_NOT_OWNED
+                    flags &= ~U.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED
+                ident = devid
+            else:
+                ident = int(d.group)
+            entry = U.vfio_pci_dependent_device(
+                group_id=ident,
+                segment=int(d.address[:4], 16),
+                bus=int(bus, 16),
+                devfn=int(slot, 16) << 3 | int(fn, 16),
+            )
+            buf[hsize + i * step : hsize + (i + 1) * step] = bytes(entry)
+        buf[:hsize] = bytes(
+            U.vfio_pci_hot_reset_info(argsz=hdr.argsz, flags=flags, count=len(scope))
+        )
+        return 0
+
+    def _hot_reset(self, dev: FakeDevice, cdev: bool, buf: bytearray) -> int:
+        op = "VFIO_DEVICE_PCI_HOT_RESET"
+        hsize = ctypes.sizeof(U.vfio_pci_hot_reset)
+        hdr = U.vfio_pci_hot_reset.parse(buf)
+        if hdr.argsz < hsize or hdr.flags:
+            raise self._oserror(op, E.EINVAL)
+        # A zero-length array is for a cdev-opened device only, and only it.
+        if bool(hdr.count) == cdev:
+            raise self._oserror(op, E.EINVAL)
+        scope = self._reset_scope(dev, op)
+        groups: set[str] = set()
+        if hdr.count:
+            if hdr.count > len(scope):  # one group per device at most
+                raise self._oserror(op, E.EINVAL)
+            fds = struct.unpack(f"={hdr.count}i", bytes(buf[hsize : hsize + 4 * hdr.count]))
+            for fd in fds:
+                f = self.fds.get(fd)
+                if f is None:
+                    raise self._oserror(op, E.EBADF)
+                if f.kind != "group":  # vfio_file_is_group()
+                    raise self._oserror(op, E.EINVAL)
+                groups.add(f.obj)  # type: ignore[arg-type]
+        # vfio_pci_dev_set_resettable(): every device behind the reset in the dev_set
+        if not all(d.vfio for d in scope):
+            raise self._oserror(op, E.EINVAL)
+        for d in scope:  # each must be owned: its group given, or by the iommufd
+            owned = (
+                self._iommufd_owns(dev.bound_iommufd, d) is not None if cdev else d.group in groups
+            )
+            if not owned:
+                raise self._oserror(op, E.EINVAL)
+        for d in scope:
+            self._power_on_reset(d)
+        return 0
+
+    @staticmethod
+    def _power_on_reset(dev: FakeDevice) -> None:
+        """A bus reset: the device's registers (its BARs) go back to their power-on
+        contents; its config space is what the kernel saved before the reset and restores
+        after it, but for Interrupt Status, which no device asserts after a reset."""
+        dev.hot_resets += 1
+        for index, data in dev.power_on.items():
+            if index < U.VFIO_PCI_ROM_REGION_INDEX:
+                dev.regions[index].data[:] = data
+        cfg = dev.regions[U.VFIO_PCI_CONFIG_REGION_INDEX].data
+        cfg[6] &= ~0x08 & 0xFF  # PCI_STATUS_INTERRUPT
 
     def add_region(
         self, dev: FakeDevice, index: int, size: int, type: tuple[int, int] | None = None

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ..errors import Busy, Unsupported, VfiokitError
 from . import uapi as U
-from .sys import Syscalls, VfioError, warn_unclosed
+from .sys import Syscalls, VfioError, ioctl_named, warn_unclosed
 
 # IOVA ranges are inclusive: (first, last).
 IovaRange = tuple[int, int]
@@ -96,7 +96,8 @@ class Container:
             U.VFIO_DMA_MAP_FLAG_WRITE if writable else 0
         )
         arg = U.vfio_iommu_type1_dma_map.new(flags=flags, vaddr=vaddr, iova=iova, size=size)
-        self.sys.ioctl(self.fd, U.VFIO_IOMMU_MAP_DMA, arg.to_bytes())
+        with ioctl_named("VFIO_IOMMU_MAP_DMA"):
+            self.sys.ioctl(self.fd, U.VFIO_IOMMU_MAP_DMA, arg.to_bytes())
 
     def unmap(self, iova: int, size: int) -> None:
         buf = U.vfio_iommu_type1_dma_unmap.new(iova=iova, size=size).to_bytes()
@@ -114,12 +115,14 @@ class Container:
     def _info(self) -> tuple[U.vfio_iommu_type1_info, bytearray]:
         info = U.vfio_iommu_type1_info.new()
         buf = info.to_bytes()
-        self.sys.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, buf)
+        with ioctl_named("VFIO_IOMMU_GET_INFO"):
+            self.sys.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, buf)
         info = U.vfio_iommu_type1_info.parse(buf)
         if info.argsz > len(buf):  # capabilities follow: ask again with room for them
             buf = bytearray(info.argsz)
             buf[: ctypes.sizeof(info)] = bytes(U.vfio_iommu_type1_info(argsz=info.argsz))
-            self.sys.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, buf)
+            with ioctl_named("VFIO_IOMMU_GET_INFO"):
+                self.sys.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, buf)
             info = U.vfio_iommu_type1_info.parse(buf)
         return info, buf
 

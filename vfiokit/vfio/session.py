@@ -21,14 +21,15 @@ the context sees it at the same IOVA.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ..address import PciAddress
-from ..errors import Busy, InvalidArgument, NotFound, Unsupported
+from ..errors import Busy, InvalidArgument, NotFound, PermissionDenied, Unsupported
 from ..iommu import read_group
 from ..sysroot import SysRoot
 from . import uapi as U
-from .device import Device
+from .device import AffectedDevice, Device, HotResetScope
 from .dma import DmaBuffer, IovaAllocator
 from .iommu import Container, DmaSpace, Group, IommuFd
 from .irq import Intx, Vectors
@@ -42,6 +43,30 @@ class _Closeable(Protocol):
 
 
 _C = TypeVar("_C", bound=_Closeable)
+
+
+class HotResetRefused(PermissionDenied):
+    """A hot reset would hit devices this IommuContext does not own: `devices` names them
+    (PCI addresses). Nothing was reset; no syscall failed, so there is no errno."""
+
+    def __init__(self, message: str, devices: list[str], remedy: str | None = None):
+        super().__init__(message, remedy=remedy)
+        self.devices = devices
+
+
+@dataclass(frozen=True)
+class HotResetPlan:
+    """What VfioDevice.hot_reset() would do: the scope the kernel reported, the group fds
+    it would pass (legacy uAPI; none with iommufd), and the affected devices this context
+    does not own, each with the reason (empty: the reset can go ahead)."""
+
+    scope: HotResetScope
+    group_fds: list[int]
+    not_owned: list[tuple[AffectedDevice, str]]
+
+    @property
+    def allowed(self) -> bool:
+        return not self.not_owned and self.scope.all_owned is not False
 
 
 def _cdev_name(sysroot: SysRoot, bdf: str) -> str | None:
@@ -199,6 +224,66 @@ class IommuContext:
     def _unregister(self, vd: VfioDevice) -> None:
         self._devices.pop(vd.address, None)
 
+    # -- hot reset --------------------------------------------------------------------------
+    def hot_reset_plan(self, address: str) -> HotResetPlan:
+        """Plan a hot reset (bus or slot) of the device at `address`, open in this
+        context: which devices it hits, and whether this context owns them all.
+
+        Legacy uAPI: the kernel reports each affected device's IOMMU group, and takes the
+        fds of those groups as proof of ownership; a device is owned here when this
+        context holds its group (a group opened for one device covers its others). iommufd:
+        the kernel reports each device's devid in this context's iommufd, or that it is
+        not owned (VFIO_PCI_DEVID_NOT_OWNED, VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED clear):
+        not opened in this iommufd, and its group not owned by it either.
+        """
+        vd = self._devices.get(str(PciAddress.parse(address)))
+        if vd is None:
+            raise InvalidArgument(
+                f"{address} is not open in this IommuContext",
+                remedy="open it with ctx.open_device(address) first",
+            )
+        scope = vd.device.hot_reset_scope()
+        not_owned: list[tuple[AffectedDevice, str]] = []
+        group_fds: list[int] = []
+        if scope.by_devid:
+            for d in scope.devices:
+                if not d.owned:
+                    not_owned.append(
+                        (d, "not owned by this IommuContext's iommufd: not opened in it, its "
+                         "IOMMU group not owned by it, or not bound to a VFIO driver")
+                    )  # fmt: skip
+        else:
+            for d in scope.devices:
+                group = self._groups.get(str(d.group))
+                if group is None:
+                    not_owned.append((d, f"IOMMU group {d.group}, not open in this IommuContext"))
+                elif group.fd not in group_fds:
+                    group_fds.append(group.fd)
+        return HotResetPlan(scope, group_fds, not_owned)
+
+    def hot_reset(self, address: str) -> HotResetPlan:
+        """Reset the bus (or slot) of the device at `address` with the arguments its backend
+        needs (legacy: the fds of every group in the scope, which this context holds;
+        iommufd: none, the kernel checks the iommufd). HotResetRefused, naming the
+        devices, if the reset would hit a device this context does not own: nothing is
+        reset then. Every device of the scope is reset, its registers and state lost;
+        the kernel restores each one's saved config space. The plan carried out is
+        returned."""
+        plan = self.hot_reset_plan(address)
+        if not plan.allowed:
+            named = [d.address for d, _ in plan.not_owned]
+            why = "; ".join(f"{d.address} ({reason})" for d, reason in plan.not_owned)
+            raise HotResetRefused(
+                f"hot reset of {address} refused: it would also reset "
+                + (why or "devices the kernel says this iommufd does not own"),
+                named,
+                remedy="bind every device of the scope to vfio-pci and open it in the same "
+                "IommuContext (ctx.open_device(BDF)); VfioDevice.hot_reset_plan() shows "
+                "the scope",
+            )
+        self._devices[str(PciAddress.parse(address))].device.hot_reset(plan.group_fds)
+        return plan
+
     # -- DMA --------------------------------------------------------------------------------
     def dma_buffer(self, size: int, *, readable: bool = True, writable: bool = True) -> DmaBuffer:
         """A buffer mapped once into this context's DMA space: every device sees it at
@@ -335,6 +420,16 @@ class VfioDevice:
     def msix(self, count: int = 1) -> Vectors:
         return self._own(Vectors(self.device, U.VFIO_PCI_MSIX_IRQ_INDEX, count))
 
+    def hot_reset_plan(self) -> HotResetPlan:
+        """What hot_reset() would do: the devices it hits and which are not owned here."""
+        return self.context.hot_reset_plan(self.address)
+
+    def hot_reset(self) -> HotResetPlan:
+        """Reset the device's bus or slot, and with it every device in its scope; refused
+        (HotResetRefused, naming them) unless this device's context owns them all. See
+        IommuContext.hot_reset()."""
+        return self.context.hot_reset(self.address)
+
     def dma_buffer(self, size: int, *, readable: bool = True, writable: bool = True) -> DmaBuffer:
         """A buffer in the device's DMA space (the context's, shared with its devices)."""
         return self.context.dma_buffer(size, readable=readable, writable=writable)
@@ -384,4 +479,12 @@ def open_device(address: str, **kwargs: Any) -> VfioDevice:
     return VfioDevice(address, **kwargs)
 
 
-__all__ = ["BACKENDS", "IommuContext", "VfioDevice", "choose_backend", "open_device"]
+__all__ = [
+    "BACKENDS",
+    "HotResetPlan",
+    "HotResetRefused",
+    "IommuContext",
+    "VfioDevice",
+    "choose_backend",
+    "open_device",
+]

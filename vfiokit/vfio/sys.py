@@ -18,6 +18,7 @@ import mmap
 import os
 import select
 import warnings
+from collections.abc import Iterator
 from mmap import mmap as Mmap
 from typing import Protocol
 
@@ -79,6 +80,19 @@ def error(op: str, exc: OSError, path: str | None = None) -> VfioError:
 def error_for(op: str, code: int, path: str | None = None) -> VfioError:
     """The VfioError subclass for `code` (VfioError itself for an errno without one)."""
     return _CLASSES.get(code, VfioError)(op, code, _REMEDIES.get(code), path)
+
+
+@contextlib.contextmanager
+def ioctl_named(op: str) -> Iterator[None]:
+    """Name the ioctl in a VfioError raised inside: the device and container ioctls share
+    numbers (VFIO_DEVICE_PCI_HOT_RESET is VFIO_IOMMU_MAP_DMA), so the syscall layer can
+    only guess from the number; the caller knows which one it made."""
+    try:
+        yield
+    except VfioError as exc:
+        if exc.op == op or exc.errno is None:
+            raise
+        raise error_for(op, exc.errno) from exc
 
 
 _new_poll, _POLLIN, _POLLNVAL = select.poll, select.POLLIN, select.POLLNVAL

@@ -67,6 +67,16 @@ VFIO_DEVICE_FLAGS_RESET = 1 << 0
 VFIO_DEVICE_FLAGS_PCI = 1 << 1
 VFIO_DEVICE_FLAGS_CAPS = 1 << 7
 
+# VFIO_DEVICE_GET_PCI_HOT_RESET_INFO (6.5+): on a device opened through its cdev the
+# affected devices come by devid, and OWNED says every one of them is owned by the
+# calling device's iommufd. A devid of 0 is a device owned through its group but not
+# opened; the kernel's VFIO_PCI_DEVID_NOT_OWNED is the C int -1, ours has another name
+# and the u32 value read from the structure.
+VFIO_PCI_HOT_RESET_FLAG_DEV_ID = 1 << 0
+VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED = 1 << 1
+VFIO_PCI_DEVID_OWNED = 0
+DEVID_NOT_OWNED = 0xFFFFFFFF
+
 VFIO_REGION_INFO_FLAG_READ = 1 << 0
 VFIO_REGION_INFO_FLAG_WRITE = 1 << 1
 VFIO_REGION_INFO_FLAG_MMAP = 1 << 2
@@ -225,6 +235,8 @@ class vfio_irq_set(_S):
 
 
 class vfio_pci_dependent_device(_S):
+    """group_id is a union with devid (by devid: VFIO_PCI_HOT_RESET_FLAG_DEV_ID)."""
+
     _fields_ = [
         ("group_id", C.c_uint32),
         ("segment", C.c_uint16),

@@ -6,7 +6,7 @@ with open_device("0000:00:04.0") as vd:
 """
 
 from .device import ClosedError, Device, IrqInfo, Region
-from .dma import DmaBuffer, IovaAllocator
+from .dma import DmaBuffer, HugepagesUnavailable, IovaAllocator
 from .iommu import Container, Group, GroupNotViable, IommuFd
 from .irq import Intx, IntxState, Vectors
 from .session import BACKENDS, IommuContext, VfioDevice, choose_backend, open_device
@@ -28,6 +28,7 @@ __all__ = [
     "DmaBuffer",
     "Group",
     "GroupNotViable",
+    "HugepagesUnavailable",
     "Intx",
     "IntxState",
     "IommuContext",

@@ -717,6 +717,19 @@ def test_region_type_capability(host: FakeSys) -> None:
         gfx = d.find_region(U.VFIO_REGION_TYPE_GFX, 1)
         assert gfx is not None and gfx.type == (U.VFIO_REGION_TYPE_GFX, 1)
         assert d.find_region(U.VFIO_REGION_TYPE_CCW, 1) is None
+        assert [(r.index, r.type) for r in d.device_regions()] == [
+            (U.VFIO_PCI_NUM_REGIONS, opregion),
+            (U.VFIO_PCI_NUM_REGIONS + 1, (U.VFIO_REGION_TYPE_GFX, 1)),
+        ]
+
+
+def test_no_device_specific_regions(host: FakeSys, kernel: FakeSyscalls) -> None:
+    """A device without any (edu, most NICs): an empty list, find_region None."""
+    with open_dev(host, kernel, "iommufd") as vd:
+        d = vd.device
+        assert d.info.num_regions == U.VFIO_PCI_NUM_REGIONS and d.device_regions() == []
+        assert d.find_region(U.REGION_TYPE_PCI_VENDOR | 0x8086, 1) is None
+        assert d.bar(0).type is None and d.config.type is None
 
 
 def test_region_with_sparse_and_type_caps(host: FakeSys) -> None:

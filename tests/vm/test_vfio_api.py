@@ -317,3 +317,64 @@ def test_region_types_of_the_edu(topology) -> None:
         assert d.device_regions() == []
         assert d.find_region(U.REGION_TYPE_PCI_VENDOR | 0x8086, 1) is None
         assert d.bar(0).type is None and d.config.type is None
+
+
+@pytest.mark.parametrize("backend", ["legacy", "iommufd"])
+def test_dma_through_huge_pages(topology, backend: str) -> None:
+    """hugepages="require" on the guest's own hugetlb: two 2 MiB pages reserved in the
+    guest, a buffer of one at a 2 MiB-aligned IOVA that the edu reads and writes in its
+    second half, a second buffer of the last page, a third refused (ENOMEM), "prefer"
+    then CPU pages. On a guest kernel without hugetlb (CONFIG_HUGETLBFS unset) the other
+    half of the contract is checked instead: "prefer" maps CPU pages that work,
+    "require" is EOPNOTSUPP."""
+    from vfiokit.vfio import HugepagesUnavailable
+
+    mib2 = 2 << 20
+    dev = topology.by_name("edu_alone")
+    pool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+    with (
+        h.bound(dev.address, "vfio-pci"),
+        open_device(dev.address, backend=backend, dma_limit=Edu.DMA_LIMIT) as vd,
+    ):
+        edu = Edu(vd, irq=False)
+        data = os.urandom(3000)
+        if not os.path.exists(pool):
+            buf = vd.dma_buffer(4096, hugepages="prefer")
+            assert not buf.hugepages and buf.page_size == 4096
+            buf.view[: len(data)] = data
+            edu.dma_in(buf.iova, len(data))
+            assert edu.dma_from_device(len(data)) == data
+            with pytest.raises(HugepagesUnavailable) as info:
+                vd.dma_buffer(4096, hugepages="require")
+            assert info.value.errno == errno.EOPNOTSUPP
+            edu.close()
+            return
+        with open(pool) as f:
+            before = f.read().strip()
+        try:
+            with open(pool, "w") as f:
+                f.write("2")
+            with open(pool) as f:
+                if int(f.read()) < 2:
+                    pytest.skip("the guest could not reserve two 2 MiB pages")
+            buf = vd.dma_buffer(4096, hugepages="require")
+            assert buf.hugepages and buf.page_size == mib2 and buf.size == mib2
+            assert buf.iova % mib2 == 0 and buf.vaddr % mib2 == 0
+            mid = mib2 // 2 + 4096  # far beyond the 4 KiB asked for: the whole page is mapped
+            buf.view[mid : mid + len(data)] = data
+            edu.dma_in(buf.iova + mid, len(data))
+            edu.dma_out(buf.iova + mib2 - 4096, len(data))
+            assert bytes(buf.view[mib2 - 4096 : mib2 - 4096 + len(data)]) == data
+            second = vd.dma_buffer(mib2, hugepages="require")
+            assert second.hugepages and second.iova % mib2 == 0
+            with pytest.raises(HugepagesUnavailable) as info:
+                vd.dma_buffer(4096, hugepages="require")
+            assert info.value.errno == errno.ENOMEM and "nr_hugepages" in (info.value.remedy or "")
+            assert not vd.dma_buffer(4096, hugepages="prefer").hugepages
+            edu.close()
+            buf.close()
+            second.close()
+        finally:
+            vd.close()  # the pages go back to the pool before the pool is shrunk
+            with open(pool, "w") as f:
+                f.write(before)

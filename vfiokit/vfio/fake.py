@@ -150,6 +150,12 @@ class FakeSyscalls:
             U.VFIO_PCI_MSIX_IRQ_INDEX: (eventfd | U.VFIO_IRQ_INFO_NORESIZE, msix),
         }
         dev = FakeDevice(address, group, cdev, regions, irqs, can_reset, vfiokit)
+        for low_power in (  # vfio-pci-core's own features, SET only
+            U.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY,
+            U.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP,
+            U.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT,
+        ):
+            dev.features[low_power] = FakeFeature(get=False, set=True)
         self.devices[address] = dev
         return dev
 

@@ -226,6 +226,25 @@ def test_intx_adaptive_follows_the_state(host: FakeSys) -> None:
         assert kernel_policy.unmask() == "kernel"
 
 
+def test_device_unmask_keeps_command_bits_set_after_open(host: FakeSys) -> None:
+    """The device unmask toggles INTx Disable around COMMAND's high byte as it is at
+    each unmask: SERR# (bit 8) and Fast Back-to-Back (bit 9), set after the Intx was
+    made, survive every unmask (a byte captured at open would clear them)."""
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        cfg = vd.device.config
+        cfg.write(4, cfg.read(4, 2) | 0x0300, 2)  # SERR# and Fast Back-to-Back, later
+        dev.mask_device = 1
+        dev.command_writes.clear()
+        for _ in range(2):
+            kernel.fire(dev, 0)
+            assert intx.wait(1) == 1 and intx.unmask() == "device" and not dev.masked
+        assert dev.command_writes == [b"\x07", b"\x03"] * 2
+        assert cfg.read(4, 2) == 0x0306
+
+
 def test_intx_selectors_and_asyncio(host: FakeSys, kernel: FakeSyscalls) -> None:
     dev = kernel.devices[BDF]
     with open_dev(host, kernel, "legacy") as vd:

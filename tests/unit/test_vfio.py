@@ -226,6 +226,25 @@ def test_intx_adaptive_follows_the_state(host: FakeSys) -> None:
         assert kernel_policy.unmask() == "kernel"
 
 
+def test_device_unmask_keeps_command_bits_set_after_open(host: FakeSys) -> None:
+    """The device unmask toggles INTx Disable around COMMAND's high byte as it is at
+    each unmask: SERR# (bit 8) and Fast Back-to-Back (bit 9), set after the Intx was
+    made, survive every unmask (a byte captured at open would clear them)."""
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        cfg = vd.device.config
+        cfg.write(4, cfg.read(4, 2) | 0x0300, 2)  # SERR# and Fast Back-to-Back, later
+        dev.mask_device = 1
+        dev.command_writes.clear()
+        for _ in range(2):
+            kernel.fire(dev, 0)
+            assert intx.wait(1) == 1 and intx.unmask() == "device" and not dev.masked
+        assert dev.command_writes == [b"\x07", b"\x03"] * 2
+        assert cfg.read(4, 2) == 0x0306
+
+
 def test_intx_selectors_and_asyncio(host: FakeSys, kernel: FakeSyscalls) -> None:
     dev = kernel.devices[BDF]
     with open_dev(host, kernel, "legacy") as vd:
@@ -717,6 +736,19 @@ def test_region_type_capability(host: FakeSys) -> None:
         gfx = d.find_region(U.VFIO_REGION_TYPE_GFX, 1)
         assert gfx is not None and gfx.type == (U.VFIO_REGION_TYPE_GFX, 1)
         assert d.find_region(U.VFIO_REGION_TYPE_CCW, 1) is None
+        assert [(r.index, r.type) for r in d.device_regions()] == [
+            (U.VFIO_PCI_NUM_REGIONS, opregion),
+            (U.VFIO_PCI_NUM_REGIONS + 1, (U.VFIO_REGION_TYPE_GFX, 1)),
+        ]
+
+
+def test_no_device_specific_regions(host: FakeSys, kernel: FakeSyscalls) -> None:
+    """A device without any (edu, most NICs): an empty list, find_region None."""
+    with open_dev(host, kernel, "iommufd") as vd:
+        d = vd.device
+        assert d.info.num_regions == U.VFIO_PCI_NUM_REGIONS and d.device_regions() == []
+        assert d.find_region(U.REGION_TYPE_PCI_VENDOR | 0x8086, 1) is None
+        assert d.bar(0).type is None and d.config.type is None
 
 
 def test_region_with_sparse_and_type_caps(host: FakeSys) -> None:
@@ -798,3 +830,154 @@ def test_typed_errors_are_also_the_builtins(host: FakeSys, kernel: FakeSyscalls)
     with pytest.raises(ValueError):
         VfioDevice("zz", sys=kernel)
     assert PermissionDenied("x").to_dict()["error"] == "PermissionDenied"
+
+
+# -- huge pages ----------------------------------------------------------------------------
+
+MIB2, GIB = 2 << 20, 1 << 30
+CPU_PAGE = resource.getpagesize()
+
+
+def with_hugetlb(host: FakeSys, sizes: list[int]) -> None:
+    """The host's hugetlb files: a pool per size, the first one the default."""
+    for size in sizes:
+        host.write(f"sys/kernel/mm/hugepages/hugepages-{size >> 10}kB/nr_hugepages", "0\n")
+    host.write("proc/meminfo", f"MemTotal: 1000000 kB\nHugepagesize:    {sizes[0] >> 10} kB\n")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hugepage_dma_buffer(host: FakeSys, backend: str) -> None:
+    """hugepages="require": whole huge pages (MAP_HUGETLB of the default size), an IOVA
+    aligned to one, the pages back in the pool on close; CPU pages by default."""
+    with_hugetlb(host, [MIB2, GIB])
+    kernel = FakeSyscalls(hugepages={MIB2: 4, GIB: 0})
+    kernel.add_device(BDF, group="3", cdev="vfio0")
+    with open_dev(host, kernel, backend) as vd:
+        small = vd.dma_buffer(4096)
+        assert not small.hugepages and small.page_size == CPU_PAGE and small.size == 4096
+        buf = vd.dma_buffer(5000, hugepages="require")
+        assert buf.hugepages and buf.page_size == MIB2 and buf.size == MIB2
+        assert buf.iova % MIB2 == 0 and buf.iova >= small.iova + 4096
+        assert kernel.mappings[buf.iova] == (buf.vaddr, MIB2)
+        assert kernel.hugepages[MIB2] == 3
+        buf.view[MIB2 - 5 :] = b"hello"
+        assert bytes(buf.view[-5:]) == b"hello"
+        after = vd.dma_buffer(4096)  # CPU pages again, after the huge page
+        assert after.iova >= buf.iova + MIB2 or after.iova + 4096 <= buf.iova
+        buf.close()
+        assert kernel.hugepages[MIB2] == 4 and buf.iova not in kernel.mappings
+        two = vd.dma_buffer(MIB2 + 1, hugepages="prefer")
+        assert two.hugepages and two.size == 2 * MIB2 and kernel.hugepages[MIB2] == 2
+    assert kernel.hugepages[MIB2] == 4 and kernel.mappings == {} and kernel.open_fds == 0
+
+
+def test_hugepages_unavailable(host: FakeSys) -> None:
+    """An empty pool: "require" is HugepagesUnavailable (ENOMEM, the remedy says how to
+    reserve pages) with nothing left mapped or allocated; "prefer" gets CPU pages."""
+    from vfiokit.vfio import HugepagesUnavailable
+
+    with_hugetlb(host, [MIB2])
+    kernel = FakeSyscalls(hugepages={MIB2: 0})
+    kernel.add_device(BDF, group="3", cdev="vfio0")
+    with open_dev(host, kernel, "legacy") as vd:
+        with pytest.raises(HugepagesUnavailable) as info:
+            vd.dma_buffer(4096, hugepages="require")
+        exc = info.value
+        assert isinstance(exc, VfioError) and exc.errno == errno.ENOMEM
+        assert exc.page_size == MIB2 and "hugepages-2048kB/nr_hugepages" in (exc.remedy or "")
+        assert kernel.mappings == {} and vd.allocator.used == {}
+        buf = vd.dma_buffer(4096, hugepages="prefer")
+        assert not buf.hugepages and buf.size == 4096 and buf.page_size == CPU_PAGE
+
+
+def test_hugepages_policy_and_sizes(host: FakeSys) -> None:
+    """A size the kernel has no pool of is EINVAL ("prefer": CPU pages); a bad policy or a
+    size that is not a power of two is InvalidArgument."""
+    from vfiokit.vfio import HugepagesUnavailable
+
+    with_hugetlb(host, [MIB2])
+    kernel = FakeSyscalls(hugepages={MIB2: 1})
+    kernel.add_device(BDF, group="3", cdev="vfio0")
+    with open_dev(host, kernel, "iommufd") as vd:
+        with pytest.raises(HugepagesUnavailable) as info:
+            vd.dma_buffer(4096, hugepages="require", hugepage_size=GIB)
+        assert info.value.errno == errno.EINVAL and kernel.hugepages == {MIB2: 1}
+        assert not vd.dma_buffer(4096, hugepages="prefer", hugepage_size=GIB).hugepages
+        with pytest.raises(InvalidArgument):
+            vd.dma_buffer(4096, hugepages="yes")
+        with pytest.raises(InvalidArgument):
+            vd.dma_buffer(4096, hugepages="require", hugepage_size=3 << 20)
+        assert vd.dma_buffer(4096, hugepages="off").page_size == CPU_PAGE
+        assert vd.dma_buffer(1, hugepages="require", hugepage_size=MIB2).size == MIB2
+
+
+def test_no_hugetlb_in_the_kernel(host: FakeSys, kernel: FakeSyscalls) -> None:
+    """No /sys/kernel/mm/hugepages, no Hugepagesize: "prefer" is CPU pages, "require" an
+    EOPNOTSUPP HugepagesUnavailable that asks for CONFIG_HUGETLBFS."""
+    from vfiokit.vfio import HugepagesUnavailable
+
+    with open_dev(host, kernel, "legacy") as vd:
+        assert not vd.dma_buffer(4096, hugepages="prefer").hugepages
+        with pytest.raises(HugepagesUnavailable) as info:
+            vd.dma_buffer(4096, hugepages="require")
+        assert info.value.errno == errno.EOPNOTSUPP
+        assert "CONFIG_HUGETLBFS" in (info.value.remedy or "")
+
+
+def test_default_hugepage_size(host: FakeSys) -> None:
+    from vfiokit import SysRoot
+    from vfiokit.vfio.session import default_hugepage_size
+
+    root = SysRoot(host.root)
+    assert default_hugepage_size(root) is None
+    host.write(f"sys/kernel/mm/hugepages/hugepages-{GIB >> 10}kB/nr_hugepages", "0\n")
+    host.write(f"sys/kernel/mm/hugepages/hugepages-{MIB2 >> 10}kB/nr_hugepages", "0\n")
+    assert default_hugepage_size(root) == MIB2  # the smallest, without /proc/meminfo
+    host.write("proc/meminfo", "MemTotal: 1 kB\nHugepagesize:    1048576 kB\n")
+    assert default_hugepage_size(root) == GIB
+
+
+def test_hugetlb_mmap_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAP_HUGETLB with log2 of the size in bits 26..31, as include/uapi/linux/mman.h
+    encodes MAP_HUGE_2MB and MAP_HUGE_1GB; the arches with their own MAP_HUGETLB."""
+    import mmap
+
+    from vfiokit.vfio import sys as S
+
+    seen: list[int] = []
+
+    def fake_mmap(fd: int, length: int, flags: int) -> bytes:
+        seen.append(flags)
+        return b""
+
+    monkeypatch.setattr(S.mmap, "mmap", fake_mmap)
+    RealSyscalls().anon_mmap(4096)
+    RealSyscalls().anon_mmap(4096, MIB2)
+    RealSyscalls().anon_mmap(4096, GIB)
+    base = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    assert seen == [base, base | 0x40000 | 21 << 26, base | 0x40000 | 30 << 26]
+    with pytest.raises(VfioError) as info:
+        RealSyscalls().anon_mmap(4096, 3 << 20)
+    assert info.value.errno == errno.EINVAL
+    assert S._map_hugetlb("mips64") == S._map_hugetlb("parisc") == 0x80000
+    assert S._map_hugetlb("alpha") == 0x100000 and S._map_hugetlb("aarch64") == 0x40000
+
+
+def test_hugetlb_mmap_on_this_kernel() -> None:
+    """The real mmap(2) with our flags: where this machine's 2 MiB pool is empty (and
+    cannot overcommit) the kernel says ENOMEM, which proves it took the size encoding
+    (a size it did not recognise would be EINVAL); where it has pages, one is mapped."""
+    from pathlib import Path
+
+    pool = "/sys/kernel/mm/hugepages/hugepages-2048kB"
+    if not os.path.isdir(pool):
+        pytest.skip("no 2 MiB huge pages on this kernel")
+    free = int(Path(f"{pool}/free_hugepages").read_text())
+    overcommit = int(Path(f"{pool}/nr_overcommit_hugepages").read_text())
+    try:
+        m = RealSyscalls().anon_mmap(4096, MIB2)
+    except VfioError as exc:
+        assert free == 0 and overcommit == 0 and exc.errno == errno.ENOMEM, exc
+    else:
+        assert len(m) == 4096  # Python's view: the kernel rounded the mapping up
+        m.close()

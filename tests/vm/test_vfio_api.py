@@ -232,3 +232,137 @@ def test_both_functions_of_a_group(topology, backend: str) -> None:
             assert d0.device.info.num_regions > 0 and d1.device.info.num_regions > 0
             buf = ctx.dma_buffer(4096)
             assert buf.iova > 0
+
+
+# -- what QEMU and DPDK use (#14, item 5) ----------------------------------------------------
+
+
+def test_intx_unmask_through_an_eventfd(edu: Edu) -> None:
+    """Policy "eventfd" on real INTx (both uAPIs, both drivers): every unmask is one write
+    of the eventfd armed with ACTION_UNMASK | DATA_EVENTFD, no ioctl; a write of the fd by
+    the caller unmasks too; without one the line stays masked (the next interrupt waits
+    for the unmask, then arrives: the device still asserts it). Closing the Intx (the
+    fixture) disarms and closes both eventfds: no fd left open."""
+    intx = edu.intx
+    assert intx is not None
+    intx.policy = "eventfd"
+    ufd = intx.unmask_eventfd()
+    assert ufd >= 0
+    for i in range(20):
+        edu.raise_irq(1 << (i % 8))
+        assert edu.wait_irq() == 1 << (i % 8)  # ack at the device, then unmask()
+    # The fd written by the caller itself, as a VMM's irqfd resampler would.
+    edu.raise_irq(1)
+    assert intx.wait(2) == 1
+    edu.write(h.EDU_IRQ_ACK, 1)
+    os.eventfd_write(ufd, 1)
+    edu.raise_irq(2)
+    assert intx.wait(2) == 1
+    edu.write(h.EDU_IRQ_ACK, 2)
+    # No unmask: masked, the next interrupt is held until the eventfd is written.
+    edu.raise_irq(4)
+    assert intx.wait(0.5) == 0
+    assert intx.unmask() == "eventfd"
+    assert intx.wait(2) == 1
+    assert edu.read(h.EDU_IRQ_STATUS) == 4
+    edu.write(h.EDU_IRQ_ACK, 4)
+    assert intx.unmask() == "eventfd"
+    assert intx.counts == {"line": 0, "device": 0, "kernel": 0, "eventfd": 22}
+    assert intx.wait(0.2) == 0
+
+
+@pytest.mark.parametrize("driver", ["vfio-pci", "vfiokit-pci"])
+def test_device_feature_probe_and_set(topology, driver: str) -> None:
+    """VFIO_DEVICE_FEATURE PROBE of vfio-pci's low-power features (SET only: a probe
+    for GET is EINVAL, False), of a feature nobody has (ENOTTY, False), and a real SET:
+    LOW_POWER_EXIT outside low power does nothing and succeeds. The device still works.
+    No INTx is enabled (vfiokit-pci refuses low-power requests while it is)."""
+    from vfiokit.vfio import uapi as U
+
+    dev = topology.by_name("edu_alone")
+    with h.bound(dev.address, driver), open_device(dev.address) as vd:
+        d = vd.device
+        entry = U.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY
+        assert d.feature_probe(entry) and d.feature_probe(entry, set=True)
+        assert not d.feature_probe(entry, get=True)
+        assert d.feature_probe(U.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, set=True)
+        assert not d.feature_probe(0x7FFE)
+        d.feature_set(U.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT)
+        edu = Edu(vd, irq=False)
+        assert edu.alive()
+        edu.close()
+
+
+def test_region_types_of_the_edu(topology) -> None:
+    """edu has no device-specific region: no region carries a type capability, the list
+    is empty and find_region finds nothing (on the real GET_REGION_INFO cap chain)."""
+    from vfiokit.vfio import uapi as U
+
+    dev = topology.by_name("edu_alone")
+    with h.bound(dev.address, "vfio-pci"), open_device(dev.address) as vd:
+        d = vd.device
+        assert d.info.num_regions == U.VFIO_PCI_NUM_REGIONS
+        assert d.device_regions() == []
+        assert d.find_region(U.REGION_TYPE_PCI_VENDOR | 0x8086, 1) is None
+        assert d.bar(0).type is None and d.config.type is None
+
+
+@pytest.mark.parametrize("backend", ["legacy", "iommufd"])
+def test_dma_through_huge_pages(topology, backend: str) -> None:
+    """hugepages="require" on the guest's own hugetlb: two 2 MiB pages reserved in the
+    guest, a buffer of one at a 2 MiB-aligned IOVA that the edu reads and writes in its
+    second half, a second buffer of the last page, a third refused (ENOMEM), "prefer"
+    then CPU pages. On a guest kernel without hugetlb (CONFIG_HUGETLBFS unset) the other
+    half of the contract is checked instead: "prefer" maps CPU pages that work,
+    "require" is EOPNOTSUPP."""
+    from vfiokit.vfio import HugepagesUnavailable
+
+    mib2 = 2 << 20
+    dev = topology.by_name("edu_alone")
+    pool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+    with (
+        h.bound(dev.address, "vfio-pci"),
+        open_device(dev.address, backend=backend, dma_limit=Edu.DMA_LIMIT) as vd,
+    ):
+        edu = Edu(vd, irq=False)
+        data = os.urandom(3000)
+        if not os.path.exists(pool):
+            buf = vd.dma_buffer(4096, hugepages="prefer")
+            assert not buf.hugepages and buf.page_size == 4096
+            buf.view[: len(data)] = data
+            edu.dma_in(buf.iova, len(data))
+            assert edu.dma_from_device(len(data)) == data
+            with pytest.raises(HugepagesUnavailable) as info:
+                vd.dma_buffer(4096, hugepages="require")
+            assert info.value.errno == errno.EOPNOTSUPP
+            edu.close()
+            return
+        with open(pool) as f:
+            before = f.read().strip()
+        try:
+            with open(pool, "w") as f:
+                f.write("2")
+            with open(pool) as f:
+                if int(f.read()) < 2:
+                    pytest.skip("the guest could not reserve two 2 MiB pages")
+            buf = vd.dma_buffer(4096, hugepages="require")
+            assert buf.hugepages and buf.page_size == mib2 and buf.size == mib2
+            assert buf.iova % mib2 == 0 and buf.vaddr % mib2 == 0
+            mid = mib2 // 2 + 4096  # far beyond the 4 KiB asked for: the whole page is mapped
+            buf.view[mid : mid + len(data)] = data
+            edu.dma_in(buf.iova + mid, len(data))
+            edu.dma_out(buf.iova + mib2 - 4096, len(data))
+            assert bytes(buf.view[mib2 - 4096 : mib2 - 4096 + len(data)]) == data
+            second = vd.dma_buffer(mib2, hugepages="require")
+            assert second.hugepages and second.iova % mib2 == 0
+            with pytest.raises(HugepagesUnavailable) as info:
+                vd.dma_buffer(4096, hugepages="require")
+            assert info.value.errno == errno.ENOMEM and "nr_hugepages" in (info.value.remedy or "")
+            assert not vd.dma_buffer(4096, hugepages="prefer").hugepages
+            edu.close()
+            buf.close()
+            second.close()
+        finally:
+            vd.close()  # the pages go back to the pool before the pool is shrunk
+            with open(pool, "w") as f:
+                f.write(before)

@@ -6,7 +6,7 @@ with open_device("0000:00:04.0") as vd:
 """
 
 from .device import AffectedDevice, ClosedError, Device, HotResetScope, IrqInfo, Region
-from .dma import DmaBuffer, IovaAllocator
+from .dma import DmaBuffer, HugepagesUnavailable, IovaAllocator
 from .iommu import Container, Group, GroupNotViable, IommuFd
 from .irq import Intx, IntxState, Vectors
 from .session import (
@@ -40,6 +40,7 @@ __all__ = [
     "HotResetPlan",
     "HotResetRefused",
     "HotResetScope",
+    "HugepagesUnavailable",
     "Intx",
     "IntxState",
     "IommuContext",

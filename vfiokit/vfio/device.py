@@ -278,12 +278,16 @@ class Device:
         self._regions[index] = region
         return region
 
+    def device_regions(self) -> list[Region]:
+        """The device-specific regions (index VFIO_PCI_NUM_REGIONS and up), each with its
+        `type` (type, subtype) from VFIO_REGION_INFO_CAP_TYPE; empty for most devices."""
+        return [self.region(i) for i in range(U.VFIO_PCI_NUM_REGIONS, self.info.num_regions)]
+
     def find_region(self, type: int, subtype: int) -> Region | None:
         """The device-specific region of that type (VFIO_REGION_INFO_CAP_TYPE): e.g.
         (REGION_TYPE_PCI_VENDOR | 0x8086, VFIO_REGION_SUBTYPE_INTEL_IGD_OPREGION); None
         if the device has none."""
-        for index in range(U.VFIO_PCI_NUM_REGIONS, self.info.num_regions):
-            region = self.region(index)
+        for region in self.device_regions():
             if region.type == (type, subtype):
                 return region
         return None

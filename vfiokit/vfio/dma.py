@@ -36,24 +36,29 @@ class IovaAllocator:
     used: dict[int, int] = field(default_factory=dict)  # iova -> size
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def alloc(self, size: int) -> int:
+    def alloc(self, size: int, align: int = 0) -> int:
+        """An IOVA for `size` bytes, a multiple of `align` if that is larger than the
+        allocator's own (a huge page's size: the IOMMU can then map it with its large
+        pages, the physical and the IO address aligned alike)."""
         if size <= 0:
             raise InvalidArgument(f"DMA size {size} must be positive")
+        if align & (align - 1):
+            raise InvalidArgument(f"IOVA alignment {align:#x} is not a power of two")
         size = _align_up(size, self.align)
         with self._lock:
-            return self._alloc(size)
+            return self._alloc(size, max(self.align, align))
 
-    def _alloc(self, size: int) -> int:
+    def _alloc(self, size: int, align: int) -> int:
         taken = sorted(self.used.items())
         for first, last in sorted(self.ranges):
-            cur = _align_up(max(first, self.reserve_low), self.align)
+            cur = _align_up(max(first, self.reserve_low), align)
             last = min(last, self.limit)
             for start, length in taken:
                 if start + length <= cur:
                     continue
                 if start >= cur + size:
                     break
-                cur = _align_up(start + length, self.align)
+                cur = _align_up(start + length, align)
             if cur + size - 1 <= last:
                 self.used[cur] = size
                 return cur
@@ -70,9 +75,32 @@ class IovaAllocator:
             raise InvalidArgument(f"IOVA {iova:#x} was not allocated")
 
 
+class HugepagesUnavailable(VfioError):
+    """A DMA buffer that must be of huge pages cannot have them. `errno` says why: ENOMEM,
+    the pool of that size has too few free pages; EINVAL, the kernel has no pool of that
+    size; EOPNOTSUPP, the kernel has no huge pages at all (no /sys/kernel/mm/hugepages)."""
+
+    def __init__(self, page_size: int, pages: int, errno: int):
+        kib = f"{page_size >> 10} KiB" if page_size else "huge"
+        size = f"hugepages-{page_size >> 10}kB" if page_size else "hugepages-<size>kB"
+        remedy = {
+            E.ENOMEM: f"reserve {kib} pages as root: echo N > /sys/kernel/mm/hugepages/"
+            f"{size}/nr_hugepages (or hugepages=N on the kernel command line), or ask "
+            "with hugepages='prefer' to fall back to normal pages",
+            E.EINVAL: "ask for a size the kernel has (ls /sys/kernel/mm/hugepages), or "
+            "leave hugepage_size out for the default one",
+        }.get(errno, "a kernel with CONFIG_HUGETLBFS, or hugepages='prefer'")
+        super().__init__(f"mmap of {pages} {kib} page(s) for DMA", errno, remedy)
+        self.page_size = page_size
+
+
 class DmaBuffer:
     """Anonymous memory mapped for the device at `iova`, its address, size and IOVA
     multiples of the IOMMU's alignment (the allocator's `align`: a page, or more).
+
+    `page_size` > 0 asks for huge pages of that size (MAP_HUGETLB): the size is rounded
+    up to whole huge pages and the IOVA aligned to one; HugepagesUnavailable if the
+    kernel has none to give. `hugepages` and `page_size` say what backs the buffer.
 
     `view` is a memoryview of the buffer; the device sees the same bytes at `iova`.
     `on_close`, if given, is called once the buffer is closed (the session forgets it).
@@ -88,21 +116,40 @@ class DmaBuffer:
         readable: bool = True,
         writable: bool = True,
         on_close: Callable[[DmaBuffer], None] | None = None,
+        page_size: int = 0,
     ):
         self._on_close = on_close
         self.closed = True  # until it is mapped
         align = max(PAGE, allocator.align)
-        self.size = _align_up(size, align)
+        self.hugepages = page_size > 0
+        self.page_size = page_size or PAGE
+        if page_size and page_size % align:
+            raise InvalidArgument(
+                f"huge pages of {page_size:#x} bytes are not a multiple of the IOMMU's "
+                f"{align:#x}-byte pages"
+            )
+        self.size = _align_up(size, max(align, page_size))
         self._space = space
         self._alloc = allocator
-        # Room to start at an `align` boundary where the IOMMU's pages are larger than
-        # the CPU's (mmap only promises a CPU page).
-        self._mem = sys.anon_mmap(self.size + align - PAGE)
+        if page_size:
+            # The kernel aligns a huge page mapping to its page: no room needed.
+            try:
+                self._mem = sys.anon_mmap(self.size, page_size)
+            except VfioError as exc:
+                if exc.errno not in (E.ENOMEM, E.EINVAL):
+                    raise
+                raise HugepagesUnavailable(page_size, self.size // page_size, exc.errno) from exc
+        else:
+            # Room to start at an `align` boundary where the IOMMU's pages are larger
+            # than the CPU's (mmap only promises a CPU page).
+            self._mem = sys.anon_mmap(self.size + align - PAGE)
         base = sys.address_of(self._mem)
         skip = -base % align
         self.vaddr = base + skip
         try:
-            self.iova = allocator.alloc(self.size)
+            if skip + self.size > len(self._mem):
+                raise VfiokitError(f"mmap gave {base:#x}, not aligned to {align:#x}")
+            self.iova = allocator.alloc(self.size, page_size)
         except BaseException:
             self._mem.close()
             raise

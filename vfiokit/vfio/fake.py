@@ -17,13 +17,14 @@ import errno as E
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from mmap import mmap as Mmap
 from pathlib import Path
 
 from ..sysroot import SysRoot
 from . import uapi as U
-from .sys import VfioError, _ioctl_name, error, error_for, poll_readable
+from .sys import VfioError, _ioctl_name, error, error_for, hugetlb_flags, poll_readable
 
 REGION_SHIFT = 40
 
@@ -76,6 +77,20 @@ class FakeDevice:
     power_on: dict[int, bytes] = field(default_factory=dict)  # region -> its contents
 
 
+class _HugeMmap(mmap.mmap):
+    """The fake's huge page mapping: plain memory (so its address is aligned to a CPU
+    page only, where the kernel's is aligned to the huge page), its pages back in the
+    pool on close()."""
+
+    give_back: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()  # BufferError while views are held: nothing given back yet
+            if self.give_back is not None:
+                self.give_back()
+
+
 @dataclass
 class _Fd:
     kind: str  # container, group, device, cdev, iommufd, eventfd
@@ -89,6 +104,7 @@ class FakeSyscalls:
         memlock: int = 64 << 20,
         iova_ranges: list[tuple[int, int]] | None = None,
         pgsizes: int = 0x1000,
+        hugepages: dict[int, int] | None = None,
     ):
         self.devices: dict[str, FakeDevice] = {}
         self.fds: dict[int, _Fd] = {}
@@ -103,6 +119,9 @@ class FakeSyscalls:
         self.ioas_next = 1
         self.devid_next = 1
         self.calls: list[str] = []
+        # The hugetlb pools: huge page size -> free pages; None: a kernel without hugetlb.
+        # The first size is the default one (/proc/meminfo's Hugepagesize).
+        self.hugepages = hugepages
 
     # -- scripting --------------------------------------------------------------------------
     def add_device(
@@ -143,6 +162,12 @@ class FakeSyscalls:
         dev = FakeDevice(address, group, cdev, regions, irqs, can_reset, vfiokit)
         dev.reset_bus = reset_bus
         dev.power_on = {i: bytes(r.data) for i, r in regions.items()}
+        for low_power in (  # vfio-pci-core's own features, SET only
+            U.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY,
+            U.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP,
+            U.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT,
+        ):
+            dev.features[low_power] = FakeFeature(get=False, set=True)
         self.devices[address] = dev
         return dev
 
@@ -181,6 +206,14 @@ class FakeSyscalls:
                     link.symlink_to(os.path.relpath(target, link.parent))
         (top / "dev").mkdir(parents=True, exist_ok=True)
         (top / "dev/iommu").touch()
+        if self.hugepages:
+            for size in self.hugepages:
+                (top / f"sys/kernel/mm/hugepages/hugepages-{size >> 10}kB").mkdir(
+                    parents=True, exist_ok=True
+                )
+            (top / "proc").mkdir(exist_ok=True)
+            default = next(iter(self.hugepages)) >> 10
+            (top / "proc/meminfo").write_text(f"Hugepagesize:    {default} kB\n")
         return SysRoot(top)
 
     @property
@@ -744,8 +777,25 @@ class FakeSyscalls:
         m[:] = bytes(r.data[off : off + length])
         return m
 
-    def anon_mmap(self, length: int) -> Mmap:
-        return mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    def anon_mmap(self, length: int, page_size: int = 0) -> Mmap:
+        if not page_size:
+            return mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # As ksys_mmap_pgoff(): EINVAL for a size the kernel has no pool of, the length
+        # rounded up to whole huge pages, ENOMEM when the pool cannot reserve them.
+        hugetlb_flags(page_size)
+        if self.hugepages is None or page_size not in self.hugepages:
+            raise self._oserror("mmap", E.EINVAL)
+        n = -(-length // page_size)
+        if self.hugepages[page_size] < n:
+            raise self._oserror("mmap", E.ENOMEM)
+        self.hugepages[page_size] -= n
+        m = _HugeMmap(-1, n * page_size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m.give_back = lambda: self._hugepages_freed(page_size, n)
+        return m
+
+    def _hugepages_freed(self, page_size: int, n: int) -> None:
+        assert self.hugepages is not None
+        self.hugepages[page_size] += n
 
     def address_of(self, buf: Mmap) -> int:
         return ctypes.addressof(ctypes.c_char.from_buffer(buf))

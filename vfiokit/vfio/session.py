@@ -20,6 +20,7 @@ the context sees it at the same IOVA.
 
 from __future__ import annotations
 
+import errno as E
 import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -30,12 +31,13 @@ from ..iommu import read_group
 from ..sysroot import SysRoot
 from . import uapi as U
 from .device import AffectedDevice, Device, HotResetScope
-from .dma import DmaBuffer, IovaAllocator
+from .dma import DmaBuffer, HugepagesUnavailable, IovaAllocator
 from .iommu import Container, DmaSpace, Group, IommuFd
 from .irq import Intx, Vectors
 from .sys import RealSyscalls, Syscalls
 
 BACKENDS = ("auto", "legacy", "iommufd")
+HUGEPAGES = ("off", "prefer", "require")
 
 
 class _Closeable(Protocol):
@@ -91,6 +93,21 @@ def choose_backend(sysroot: SysRoot, bdf: str, backend: str = "auto") -> str:
     if backend == "auto":
         return "iommufd" if has_iommufd else "legacy"
     return backend
+
+
+def default_hugepage_size(sysroot: SysRoot) -> int | None:
+    """The kernel's default huge page size in bytes (/proc/meminfo's Hugepagesize, else
+    the smallest pool in /sys/kernel/mm/hugepages); None without hugetlb."""
+    for line in (sysroot.read("/proc/meminfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        if key == "Hugepagesize" and value.split() and value.split()[0].isdigit():
+            return int(value.split()[0]) << 10
+    sizes = [
+        int(name[len("hugepages-") : -len("kB")]) << 10
+        for name in sysroot.listdir("/sys/kernel/mm/hugepages")
+        if name.startswith("hugepages-") and name.endswith("kB") and name[10:-2].isdigit()
+    ]
+    return min(sizes) if sizes else None
 
 
 def _close_all(objs: list[Any], errors: list[BaseException], how: str = "close") -> None:
@@ -285,23 +302,61 @@ class IommuContext:
         return plan
 
     # -- DMA --------------------------------------------------------------------------------
-    def dma_buffer(self, size: int, *, readable: bool = True, writable: bool = True) -> DmaBuffer:
+    def dma_buffer(
+        self,
+        size: int,
+        *,
+        readable: bool = True,
+        writable: bool = True,
+        hugepages: str = "off",
+        hugepage_size: int | None = None,
+    ) -> DmaBuffer:
         """A buffer mapped once into this context's DMA space: every device sees it at
-        `buffer.iova`."""
+        `buffer.iova`.
+
+        `hugepages`: "off" (CPU pages), "prefer" (huge pages where the kernel has free
+        ones, else CPU pages) or "require" (HugepagesUnavailable if it has none); of
+        `hugepage_size` bytes, by default the kernel's default size. A huge page buffer
+        is a whole number of huge pages at an IOVA aligned to one (`buf.hugepages`,
+        `buf.page_size` say what it got)."""
         if self.dma is None or self.allocator is None:
             raise InvalidArgument(
                 "no DMA space yet: open a device in the context first",
                 remedy="IommuContext.open_device(address), then dma_buffer()",
             )
-        buf = DmaBuffer(
-            self.dma,
-            self.sys,
-            self.allocator,
-            size,
-            readable=readable,
-            writable=writable,
-            on_close=self._forget,
-        )
+        if hugepages not in HUGEPAGES:
+            raise InvalidArgument(
+                f"hugepages={hugepages!r}", remedy=f"one of {', '.join(HUGEPAGES)}"
+            )
+        if hugepage_size is not None and (
+            hugepage_size <= 0 or hugepage_size & (hugepage_size - 1)
+        ):
+            raise InvalidArgument(f"huge page size {hugepage_size:#x} is not a power of two")
+        page_size = 0
+        if hugepages != "off":
+            page_size = hugepage_size or default_hugepage_size(self.sysroot) or 0
+            if not page_size and hugepages == "require":
+                raise HugepagesUnavailable(0, 0, E.EOPNOTSUPP)
+        dma, allocator = self.dma, self.allocator
+
+        def make(page_size: int) -> DmaBuffer:
+            return DmaBuffer(
+                dma,
+                self.sys,
+                allocator,
+                size,
+                readable=readable,
+                writable=writable,
+                on_close=self._forget,
+                page_size=page_size,
+            )
+
+        try:
+            buf = make(page_size)
+        except HugepagesUnavailable:
+            if hugepages != "prefer":
+                raise
+            buf = make(0)
         self._buffers[id(buf)] = buf
         return buf
 
@@ -430,9 +485,24 @@ class VfioDevice:
         IommuContext.hot_reset()."""
         return self.context.hot_reset(self.address)
 
-    def dma_buffer(self, size: int, *, readable: bool = True, writable: bool = True) -> DmaBuffer:
-        """A buffer in the device's DMA space (the context's, shared with its devices)."""
-        return self.context.dma_buffer(size, readable=readable, writable=writable)
+    def dma_buffer(
+        self,
+        size: int,
+        *,
+        readable: bool = True,
+        writable: bool = True,
+        hugepages: str = "off",
+        hugepage_size: int | None = None,
+    ) -> DmaBuffer:
+        """A buffer in the device's DMA space (the context's, shared with its devices);
+        `hugepages` as for IommuContext.dma_buffer."""
+        return self.context.dma_buffer(
+            size,
+            readable=readable,
+            writable=writable,
+            hugepages=hugepages,
+            hugepage_size=hugepage_size,
+        )
 
     # -- lifetime ---------------------------------------------------------------------------
     def _close_irqs(self, errors: list[BaseException]) -> None:
@@ -481,10 +551,12 @@ def open_device(address: str, **kwargs: Any) -> VfioDevice:
 
 __all__ = [
     "BACKENDS",
+    "HUGEPAGES",
     "HotResetPlan",
     "HotResetRefused",
     "IommuContext",
     "VfioDevice",
     "choose_backend",
+    "default_hugepage_size",
     "open_device",
 ]

@@ -16,6 +16,7 @@ import errno as E
 import fcntl
 import mmap
 import os
+import platform
 import select
 import warnings
 from collections.abc import Iterator
@@ -133,6 +134,27 @@ def warn_unclosed(obj: object, sys: Syscalls, fds: list[int]) -> None:
             sys.close(fd)
 
 
+def _map_hugetlb(machine: str) -> int:
+    """mmap(2)'s MAP_HUGETLB (Python 3.11's mmap module has no name for it): the
+    asm-generic value, except on the arches whose uapi mman.h has its own."""
+    if machine.startswith("alpha"):
+        return 0x100000
+    if machine.startswith(("mips", "parisc", "xtensa")):
+        return 0x80000
+    return 0x40000
+
+
+MAP_HUGETLB = _map_hugetlb(platform.machine())
+MAP_HUGE_SHIFT = 26  # bits 26..31: log2 of the huge page size (0: the default size)
+
+
+def hugetlb_flags(page_size: int) -> int:
+    """MAP_HUGETLB with `page_size` (a power of two, e.g. 2 MiB) encoded in the flags."""
+    if page_size <= 0 or page_size & (page_size - 1):
+        raise error_for("mmap (huge page size not a power of two)", E.EINVAL)
+    return MAP_HUGETLB | (page_size.bit_length() - 1) << MAP_HUGE_SHIFT
+
+
 class Syscalls(Protocol):
     def open(self, path: str, flags: int = os.O_RDWR) -> int: ...
     def close(self, fd: int) -> None: ...
@@ -140,7 +162,7 @@ class Syscalls(Protocol):
     def pread(self, fd: int, size: int, offset: int) -> bytes: ...
     def pwrite(self, fd: int, data: bytes, offset: int) -> int: ...
     def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> Mmap: ...
-    def anon_mmap(self, length: int) -> Mmap: ...
+    def anon_mmap(self, length: int, page_size: int = 0) -> Mmap: ...
     def address_of(self, buf: Mmap) -> int: ...
     def eventfd(self, nonblock: bool = True) -> int: ...
     def eventfd_read(self, fd: int) -> int: ...
@@ -200,9 +222,16 @@ class RealSyscalls:
         except OSError as exc:
             raise error("mmap", exc) from exc
 
-    def anon_mmap(self, length: int) -> Mmap:
+    def anon_mmap(self, length: int, page_size: int = 0) -> Mmap:
+        """Private anonymous memory; of huge pages of `page_size` bytes if given
+        (MAP_HUGETLB with the size's log2 in the flags: the kernel rounds the length up
+        to whole huge pages and aligns the address to one; ENOMEM when its pool has too
+        few free, EINVAL for a size it does not have)."""
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        if page_size:
+            flags |= hugetlb_flags(page_size)
         try:
-            return mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            return mmap.mmap(-1, length, flags)
         except OSError as exc:
             raise error("mmap", exc) from exc
 

@@ -407,3 +407,25 @@ def test_closed_objects_do_not_warn(bed: Bed) -> None:
             nvme.write(0, pattern(0, 1, 512))
         del nvme
         gc.collect()
+
+
+def test_the_docs_nvme_example_runs_on_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/api.md's NVMe example, as written, on the model (tests/vm/test_docs.py runs it
+    on QEMU's controller)."""
+    import re
+
+    import vfiokit.vfio
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "Nvme(" in b]
+    assert len(blocks) == 1 and "0000:00:19.0" in blocks[0]
+    b = make(tmp_path)
+    monkeypatch.setattr(vfiokit.vfio, "open_device", lambda address: b.vd)
+    exec(compile(blocks[0], "docs/api.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "VFIOKIT-FAKE-0001 vfiokit fake NVMe 2048 512" in out
+    assert "0 128 " in out and "LBA Out of Range" in out
+    assert b.kernel.open_fds == 0 and b.kernel.mappings == {}  # the with closed both
+    assert b.nvme.events[-2:] == ["shutdown", "disable"]

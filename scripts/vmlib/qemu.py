@@ -14,12 +14,29 @@ class Device:
     name: str
     qemu: str
     slot: int
-    line: str  # "shared", "alone", "group" (a multi-function device), "pm" or "infra"
+    # "shared", "alone", "group" (a multi-function device), "pm" (a PM capability to
+    # test), "msix" (interrupts by MSI-X only, its INTx pin off the test lines) or "infra"
+    line: str
     options: str = ""
     function: int = 0
     parent: str = ""  # behind this root port (a device of qemu "pcie-root-port")
     parent_slot: int = 0  # that root port's slot
     pci_bus: int = 0  # the bus number the guest gives the port's secondary bus
+    disk: str = ""  # the size ("64M") of a fresh raw image backing the device, if any
+
+    @property
+    def disk_bytes(self) -> int:
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        if not self.disk:
+            return 0
+        if self.disk[-1] in units:
+            return int(self.disk[:-1]) * units[self.disk[-1]]
+        return int(self.disk)
+
+    @property
+    def option(self) -> dict[str, str]:
+        """The QEMU options as a dict ({"serial": ...})."""
+        return dict(kv.split("=", 1) for kv in self.options.split(",") if "=" in kv)
 
     @property
     def address(self) -> str:
@@ -72,6 +89,7 @@ def load(path: Path = TOPOLOGY) -> Topology:
             parent=d.get("parent", ""),
             parent_slot=slots[d["parent"]] if "parent" in d else 0,
             pci_bus=int(d.get("pci_bus", 0)),
+            disk=d.get("disk", ""),
         )
         for d in data["device"]
     )
@@ -81,17 +99,33 @@ def load(path: Path = TOPOLOGY) -> Topology:
     return Topology(m["type"], m["memory"], int(m["cpus"]), m["iommu"], devices)
 
 
+def scratch_disks(topo: Topology, where: Path) -> dict[str, Path]:
+    """A fresh, sparse raw image for every device with a `disk`, in `where` (one run's
+    temporary folder): the guest starts from zeros each time. Device name -> image."""
+    where.mkdir(parents=True, exist_ok=True)
+    disks = {}
+    for dev in topo.devices:
+        if dev.disk:
+            path = where / f"{dev.name}.img"
+            with open(path, "wb") as f:
+                f.truncate(dev.disk_bytes)
+            disks[dev.name] = path
+    return disks
+
+
 def command(
     topo: Topology,
     *,
     kernel: Path,
     append: str,
     shares: dict[str, tuple[Path, bool]],
+    disks: dict[str, Path] | None = None,
     accel: str = "tcg",
     tcg_thread: str = "single",
     qemu: str = "qemu-system-x86_64",
 ) -> list[str]:
-    """The QEMU argv. `shares` maps a 9p mount tag to (host path, read_only).
+    """The QEMU argv. `shares` maps a 9p mount tag to (host path, read_only); `disks` a
+    device's name to the raw image behind it (scratch_disks()), for devices with a `disk`.
 
     Under TCG the vCPUs run round-robin in one host thread (`tcg_thread="single"`) unless
     asked for multi-threaded TCG: with QEMU 7.2's MTTCG and two vCPUs, a guest CPU's LAPIC
@@ -139,5 +173,11 @@ def command(
             fs = f"local,id=fs_{dev.name},path={path},security_model=none,multidevs=remap"
             argv += ["-fsdev", fs + (",readonly=on" if ro else "")]
             opts += f",fsdev=fs_{dev.name},mount_tag={dev.name}"
+        if dev.disk:
+            if not disks or dev.name not in disks:
+                raise ValueError(f"{dev.name} needs a disk image (scratch_disks())")
+            drive = f"if=none,id=disk_{dev.name},file={disks[dev.name]},format=raw"
+            argv += ["-drive", drive]
+            opts += f",drive=disk_{dev.name}"
         argv += ["-device", f"{dev.qemu},addr={dev.slot:#04x}.{dev.function}{opts}"]
     return argv

@@ -132,11 +132,14 @@ def run_job(
             "results": (results, False),
         }
         monitor_sock = results / "monitor.sock"
+        # Disk images (the NVMe's) start empty every run and go with the results folder.
+        disks = qemu.scratch_disks(topo, results / "disks")
         cmd = qemu.command(
             topo,
             kernel=kernel,
             append=_cmdline(cmdline),
             shares=shares,
+            disks=disks,
             accel=accel,
             tcg_thread=tcg_thread,
         )

@@ -20,6 +20,13 @@ def test_topology_matches_q35_routing() -> None:
     assert [d.address for d in group] == ["0000:00:11.0", "0000:00:11.1"]
     assert all(d.gsi != alone[0].gsi for d in others)
     assert topo.by_name("edu_a").address == "0000:00:04.0"
+    # The NVMe (MSI-X only) and the infrastructure keep their INTx pins on GSI 16, off the
+    # test lines.
+    nvme = topo.by_name("nvme")
+    assert topo.on_line("msix") == [nvme] and nvme.address == "0000:00:19.0"
+    assert nvme.gsi == 16
+    assert {d.gsi for d in topo.on_line("infra") if d.qemu == "virtio-9p-pci"} == {16}
+    assert nvme.option["serial"] == "vfiokit-nvme0" and nvme.disk_bytes == 64 << 20
 
 
 def test_qemu_command() -> None:
@@ -29,21 +36,43 @@ def test_qemu_command() -> None:
         "project": (Path("/p"), False),
         "results": (Path("/r"), False),
     }
-    argv = qemu.command(topo, kernel=Path("/k/bzImage"), append="console=ttyS0", shares=shares)
+    disks = {"nvme": Path("/d/nvme.img")}
+    argv = qemu.command(
+        topo, kernel=Path("/k/bzImage"), append="console=ttyS0", shares=shares, disks=disks
+    )
     joined = " ".join(argv)
+    assert "-drive if=none,id=disk_nvme,file=/d/nvme.img,format=raw" in joined
+    assert "-device nvme,addr=0x19.0,serial=vfiokit-nvme0,drive=disk_nvme" in joined
+    with pytest.raises(ValueError, match="needs a disk image"):
+        qemu.command(topo, kernel=Path("/k"), append="", shares=shares)
     assert argv[:5] == ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-cpu", "max,la57=off"]
     assert "e1000,addr=0x11.0,romfile=,multifunction=on -device e1000,addr=0x11.1," in joined
     assert "-device edu,addr=0x04.0" in joined and "-device e1000,addr=0x0c.0,romfile=" in joined
     assert "path=/,security_model=none,multidevs=remap,readonly=on" in joined
     assert "path=/p,security_model=none,multidevs=remap -device" in joined
     assert "intel-iommu,intremap=on" in joined and "-no-reboot" in argv
-    kvm = qemu.command(topo, kernel=Path("/k"), append="", shares=shares, accel="kvm")
+    kvm = qemu.command(topo, kernel=Path("/k"), append="", shares=shares, disks=disks, accel="kvm")
     assert "q35,kernel-irqchip=split" in kvm and "host" in kvm
     assert kvm[kvm.index("-accel") + 1] == "kvm"
-    multi = qemu.command(topo, kernel=Path("/k"), append="", shares=shares, tcg_thread="multi")
+    multi = qemu.command(
+        topo, kernel=Path("/k"), append="", shares=shares, disks=disks, tcg_thread="multi"
+    )
     assert multi[multi.index("-accel") + 1] == "tcg,thread=multi"
     with pytest.raises(ValueError, match="neither single nor multi"):
-        qemu.command(topo, kernel=Path("/k"), append="", shares=shares, tcg_thread="rr")
+        qemu.command(
+            topo, kernel=Path("/k"), append="", shares=shares, disks=disks, tcg_thread="rr"
+        )
+
+
+def test_scratch_disks_are_fresh_sparse_images(tmp_path: Path) -> None:
+    topo = qemu.load()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "nvme.img").write_bytes(b"left over from an earlier run")
+    disks = qemu.scratch_disks(topo, tmp_path / "d")
+    assert disks == {"nvme": tmp_path / "d" / "nvme.img"}
+    st = disks["nvme"].stat()
+    assert st.st_size == 64 << 20 and st.st_blocks * 512 < 1 << 20  # sparse
+    assert disks["nvme"].read_bytes()[:64] == bytes(64)
 
 
 def test_bad_dmesg() -> None:

@@ -1,5 +1,6 @@
 """Every ```python block of docs/api.md runs, in the guest, against the edu at 00:06.0 (and
-the multi-device example against the edus at 00:04.0 and 00:08.0)."""
+the multi-device example against the edus at 00:04.0 and 00:08.0; the NVMe example against
+the NVMe controller at 00:19.0, on vfio-pci, given back to nvme afterwards)."""
 
 from __future__ import annotations
 
@@ -31,4 +32,6 @@ def test_example_runs(topology, n: int) -> None:
     with contextlib.ExitStack() as stack:
         for bdf in edus:
             stack.enter_context(h.bound(bdf, "vfiokit-pci"))
+        if "Nvme(" in BLOCKS[n]:
+            stack.enter_context(h.bound(topology.by_name("nvme").address, "vfio-pci"))
         exec(compile(BLOCKS[n], f"docs/api.md example {n + 1}", "exec"), {})

@@ -8,6 +8,11 @@ machine without VFIO): no root, no /dev/vfio.
     fake.fire(dev, 0)            # the device raises INTx: its eventfd is signalled
 
 Errors can be injected per ioctl: ``fake.fail(uapi.VFIO_SET_IOMMU, errno.EPERM)``.
+
+A device model plugs in behind two hooks: a region's `on_write` sees every pwrite of it
+(registers with side effects, doorbells), and `dma_read`/`dma_write` reach the memory
+mapped at an IOVA, as the device's DMA through the IOMMU would (tests/unit/nvme_model.py
+is a small NVMe controller built this way).
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ class FakeRegion:
     data: bytearray
     sparse: list[tuple[int, int]] | None = None
     type: tuple[int, int] | None = None  # VFIO_REGION_INFO_CAP_TYPE (type, subtype)
+    # Called with (offset, bytes) after every pwrite of the region has been stored in
+    # `data`: a device model's registers with side effects.
+    on_write: Callable[[int, bytes], None] | None = None
+
+
+class IommuFault(Exception):
+    """A device DMA to an IOVA no mapping covers: the IOMMU would block it."""
 
 
 @dataclass
@@ -351,6 +363,21 @@ class FakeSyscalls:
             raise self._oserror("DMA map", E.ENOMEM)
         self.mappings[iova] = (vaddr, size)
         return 0
+
+    def _translate(self, iova: int, size: int) -> int:
+        """The host address of [iova, iova + size), which one mapping must cover."""
+        for start, (vaddr, length) in self.mappings.items():
+            if start <= iova and iova + size <= start + length:
+                return vaddr + iova - start
+        raise IommuFault(f"DMA of {size} bytes at IOVA {iova:#x}: not mapped")
+
+    def dma_read(self, iova: int, size: int) -> bytes:
+        """What a device reads at `iova` (IommuFault where nothing is mapped)."""
+        return ctypes.string_at(self._translate(iova, size), size)
+
+    def dma_write(self, iova: int, data: bytes) -> None:
+        """A device's write of `data` at `iova` (IommuFault where nothing is mapped)."""
+        ctypes.memmove(self._translate(iova, len(data)), data, len(data))
 
     def _unmap(self, iova: int, size: int, nothing_is_ok: bool = False) -> int:
         """Unmap the mappings within [iova, iova + size): the bytes unmapped. One only
@@ -760,6 +787,8 @@ class FakeSyscalls:
             disabled = bool(r.data[5] & 0x04)
             if disabled != was_disabled:
                 dev.masked = disabled
+        if r.on_write is not None:
+            r.on_write(off, bytes(data))
         return len(data)
 
     def mmap(self, fd: int, length: int, offset: int, writable: bool = True) -> Mmap:

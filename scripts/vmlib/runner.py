@@ -44,10 +44,12 @@ class Result:
     bad_dmesg: list[str] = field(default_factory=list)
     # what QEMU's monitor said of the vCPUs and interrupt controllers when a guest hung
     monitor: str = ""
+    # the guest was killed early: QEMU never delivered a pending interrupt (lost_wakeup())
+    stalled: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.rc == 0 and not self.timed_out and not self.bad_dmesg
+        return self.rc == 0 and not self.timed_out and not self.stalled and not self.bad_dmesg
 
 
 def bad_dmesg_lines(dmesg: str, allow: re.Pattern[str] | None = None) -> list[str]:
@@ -165,12 +167,11 @@ def run_job(
 
         t = threading.Thread(target=pump, daemon=True)
         t.start()
-        timed_out = False
+        timed_out = stalled = False
         monitor = ""
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        if not wait_watching(p, monitor_sock, topo.cpus, start + timeout):
             timed_out = True
+            stalled = time.monotonic() < start + timeout
             monitor = hung_guest_state(monitor_sock, topo.cpus, system_map(kernel))
             before = lines_seen[0]
             if nmi_guest(monitor_sock):
@@ -193,11 +194,92 @@ def run_job(
             for name in ("output.txt", "dmesg.txt"):
                 if (results / name).exists():
                     shutil.copy(results / name, keep / name)
-        res = Result(rc, output, dmesg, "\n".join(console), seconds, timed_out, monitor=monitor)
+        res = Result(
+            rc=rc,
+            output=output,
+            dmesg=dmesg,
+            console="\n".join(console),
+            seconds=seconds,
+            timed_out=timed_out,
+            monitor=monitor,
+            stalled=stalled,
+        )
         res.bad_dmesg = bad_dmesg_lines(dmesg or res.console)
         return res
     finally:
         shutil.rmtree(results, ignore_errors=True)
+
+
+# QEMU 7.2's TCG was seen to leave a guest for good with every vCPU halted and interrupts
+# on, while one local APIC held a deliverable vector (its timer's) in IRR: nothing runs
+# again, so the job would wait out its whole time limit (docs/testbed.md, "Lost wakeups").
+# The monitor is asked every STALL_POLL s; the same picture STALL_CONFIRM s apart ends
+# the run early, marked stalled.
+STALL_POLL, STALL_CONFIRM = 20.0, 30.0
+
+
+def wait_watching(p: subprocess.Popen[bytes], sock: Path, cpus: int, deadline: float) -> bool:
+    """Wait for QEMU to exit: True if it did, False at the deadline or on a lost wakeup."""
+    seen: tuple[str, float] | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            p.wait(timeout=min(STALL_POLL, left))
+            return True
+        except subprocess.TimeoutExpired:
+            pass
+        picture = lost_wakeup(_ask(sock, lapic_queries(cpus)))
+        now = time.monotonic()
+        if not picture:
+            seen = None
+        elif seen is None or seen[0] != picture:
+            seen = (picture, now)
+        elif now - seen[1] >= STALL_CONFIRM:
+            return False
+
+
+def lapic_queries(cpus: int) -> list[str]:
+    return ["info registers -a"] + [f"info lapic {c}" for c in range(cpus)]
+
+
+def lost_wakeup(answers: list[tuple[str, str]]) -> str:
+    """From the monitor's answers to lapic_queries(): a description of the lost wakeup if
+    every vCPU is halted with interrupts enabled and some local APIC holds in IRR a vector
+    its processor priority lets through, else "" (any unreadable answer counts as no)."""
+    regs = next((a for q, a in answers if q == "info registers -a"), "")
+    flags = re.findall(r"RFL=([0-9a-f]+) .* HLT=(\d)", regs)
+    if not flags or any(hlt != "1" or not int(rfl, 16) & 0x200 for rfl, hlt in flags):
+        return ""
+    pending = []
+    for q, a in answers:
+        if not q.startswith("info lapic "):
+            continue
+        irr = re.search(r"^IRR\s+(.*)$", a, re.M)
+        ppr = re.search(r"\bPPR 0x([0-9a-f]+)", a)
+        if not irr or not ppr:
+            return ""
+        vectors = [int(v) for v in irr.group(1).split() if v.isdigit()]
+        if vectors and max(vectors) & 0xF0 > int(ppr.group(1), 16) & 0xF0:
+            pending.append(f"CPU {q.split()[-1]}: IRR {max(vectors)} above PPR {ppr.group(1)}")
+    return "; ".join(pending)
+
+
+def _ask(sock: Path, queries: list[str], timeout: float = 10.0) -> list[tuple[str, str]]:
+    """The monitor's answer to each query; an empty list if it cannot be asked."""
+    out: list[tuple[str, str]] = []
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock))
+            _until_prompt(s)
+            for q in queries:
+                s.sendall(q.encode() + b"\n")
+                out.append((q, _until_prompt(s)))
+    except OSError:
+        return []
+    return out
 
 
 # Asked of QEMU's monitor before a hung guest is killed: where each vCPU is and whether it
@@ -307,7 +389,14 @@ def _read(p: Path) -> str:
 
 
 def explain_failure(res: Result, out=sys.stderr) -> None:
-    if res.timed_out:
+    if res.stalled:
+        print(
+            f"vm: the guest stalled after {res.seconds:.0f} s: every vCPU halted with an"
+            " interrupt pending in a local APIC that QEMU never delivers (a TCG lost wakeup,"
+            " docs/testbed.md); killed early",
+            file=out,
+        )
+    elif res.timed_out:
         print(f"vm: the guest did not finish within its time limit ({res.seconds:.0f} s)", file=out)
     if res.rc == 255 and not res.timed_out:
         print("vm: the guest ended without reporting an exit status", file=out)

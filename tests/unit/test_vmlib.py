@@ -196,3 +196,44 @@ def test_a_missing_monitor_is_reported_not_raised(tmp_path: Path) -> None:
     state = runner.hung_guest_state(tmp_path / "none.sock", cpus=1)
     assert state.startswith("monitor: ")
     assert runner.nmi_guest(tmp_path / "none.sock") is False
+
+
+# QEMU's monitor on the guest that stalled in the 6.12 threadirqs pass of 2026-12-07 (2
+# vCPUs, round-robin TCG): both halted with interrupts on, CPU 0's timer vector in IRR.
+STALLED_REGS = """CPU#0
+RIP=ffffffff814edbf3 RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1
+RSP=ffffffff81a03ec0 RBP=0000000000000000
+CPU#1
+RIP=ffffffff814edbf3 RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1
+RSP=ffffc900000a3eb8 RBP=0000000000000001"""
+
+
+def lapic(irr: str, ppr: str = "0x10", isr: str = "(none)") -> str:
+    return (
+        "dumping local APIC state for CPU 0 \n\n"
+        "LVTT\t 0x000200ec active-hi edge                 periodic     Fixed  (vec 236)\n"
+        "SPIV\t 0x000001ff APIC enabled, focus=off, spurious vec 255\n"
+        f"ISR\t {isr}\nIRR\t {irr} \n\nAPR 0x00 TPR 0x10 DFR 0x0f LDR 0x00 PPR {ppr}"
+    )
+
+
+def answers(regs: str, *lapics: str) -> list[tuple[str, str]]:
+    return [("info registers -a", regs)] + [(f"info lapic {i}", a) for i, a in enumerate(lapics)]
+
+
+def test_lost_wakeup_is_recognized() -> None:
+    seen = runner.lost_wakeup(answers(STALLED_REGS, lapic("236"), lapic("(none)")))
+    assert seen == "CPU 0: IRR 236 above PPR 10"
+    assert runner.lapic_queries(2) == ["info registers -a", "info lapic 0", "info lapic 1"]
+
+
+def test_a_guest_at_work_or_blocked_is_no_lost_wakeup() -> None:
+    idle = answers(STALLED_REGS, lapic("(none)"), lapic("(none)"))
+    running = answers(STALLED_REGS.replace("HLT=1", "HLT=0", 1), lapic("236"), lapic("(none)"))
+    cli = answers(STALLED_REGS.replace("RFL=00000246", "RFL=00000046", 1), lapic("236"))
+    # the vector is held back by the processor priority (one of its class in service)
+    masked = answers(STALLED_REGS, lapic("236", ppr="0xe0", isr="236"), lapic("(none)"))
+    for case in (idle, running, cli, masked, [], answers("", lapic("236"))):
+        assert runner.lost_wakeup(case) == "", case
+    # an answer that cannot be read counts as no
+    assert runner.lost_wakeup(answers(STALLED_REGS, "monitor gone", lapic("236"))) == ""

@@ -14,6 +14,7 @@ import mmap
 import os
 import select
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,9 +91,35 @@ def bind(bdf: str, driver: str) -> None:
         raise RuntimeError(f"{bdf} did not bind to {driver} (driver now {driver_of(bdf)})")
 
 
+# How long an unbind may take. vfio-pci's waits for every user of the device to let go,
+# and a test that leaked an fd or a BAR mapping would otherwise hang the whole VM pass.
+UNBIND_TIMEOUT = 60.0
+
+
 def unbind(bdf: str) -> None:
-    if driver_of(bdf):
-        _write(PCI / "devices" / bdf / "driver" / "unbind", bdf)
+    """Unbind the driver; fails (instead of hanging) if it waits longer than UNBIND_TIMEOUT.
+    The stuck write stays behind in a daemon thread: the device is unusable afterwards."""
+    if not driver_of(bdf):
+        return
+    path = PCI / "devices" / bdf / "driver" / "unbind"
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            _write(path, bdf)
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+
+    t = threading.Thread(target=write, name=f"unbind {bdf}", daemon=True)
+    t.start()
+    t.join(UNBIND_TIMEOUT)
+    if t.is_alive():
+        raise AssertionError(
+            f"unbinding {bdf} still waits after {UNBIND_TIMEOUT:.0f} s: something keeps the "
+            "device open (a leaked fd, or an mmap of a BAR outliving its device)"
+        )
+    if errors:
+        raise errors[0]
 
 
 @contextlib.contextmanager

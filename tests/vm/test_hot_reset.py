@@ -55,9 +55,9 @@ def reset_edu(request, topology) -> Iterator[tuple[VfioDevice, Edu]]:
     fds = len(os.listdir("/proc/self/fd"))
     with h.bound(dev.address, "vfio-pci"), open_device(dev.address, backend=request.param) as vd:
         assert vd.backend == request.param
-        edu = Edu(vd, irq=False)
-        yield vd, edu
-        edu.write(IRQ_ACK, edu.read(IRQ_STATUS))
+        with Edu(vd, irq=False) as edu:  # its BAR mapping would keep the device open
+            yield vd, edu
+            edu.write(IRQ_ACK, edu.read(IRQ_STATUS))
     assert len(os.listdir("/proc/self/fd")) == fds, "file descriptors leaked"
 
 

@@ -288,9 +288,8 @@ def test_device_feature_probe_and_set(topology, driver: str) -> None:
         assert d.feature_probe(U.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, set=True)
         assert not d.feature_probe(0x7FFE)
         d.feature_set(U.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT)
-        edu = Edu(vd, irq=False)
-        assert edu.alive()
-        edu.close()
+        with Edu(vd, irq=False) as edu:
+            assert edu.alive()
 
 
 def test_region_types_of_the_edu(topology) -> None:
@@ -335,7 +334,6 @@ def test_dma_through_huge_pages(topology, backend: str) -> None:
             with pytest.raises(HugepagesUnavailable) as info:
                 vd.dma_buffer(4096, hugepages="require")
             assert info.value.errno == errno.EOPNOTSUPP
-            edu.close()
             return
         with open(pool) as f:
             before = f.read().strip()
@@ -359,10 +357,10 @@ def test_dma_through_huge_pages(topology, backend: str) -> None:
                 vd.dma_buffer(4096, hugepages="require")
             assert info.value.errno == errno.ENOMEM and "nr_hugepages" in (info.value.remedy or "")
             assert not vd.dma_buffer(4096, hugepages="prefer").hugepages
-            edu.close()
             buf.close()
             second.close()
         finally:
+            edu.close()  # its BAR mapping would keep the device open
             vd.close()  # the pages go back to the pool before the pool is shrunk
             with open(pool, "w") as f:
                 f.write(before)

@@ -178,4 +178,12 @@ class Edu:
         return self.dma_from_device(len(data))
 
     def close(self) -> None:
+        """Release the BAR mapping. Until then the mapping keeps the device open, even
+        after the VfioDevice is closed: an unbind of its driver then waits for it."""
         self._view.release()
+
+    def __enter__(self) -> Edu:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

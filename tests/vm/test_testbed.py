@@ -10,7 +10,12 @@ import pytest
 
 import helpers as h
 
-IDS = {"edu": (0x1234, 0x11E8), "e1000": (0x8086, 0x100E), "nvme": (0x1B36, 0x0010)}
+IDS = {
+    "edu": (0x1234, 0x11E8),
+    "e1000": (0x8086, 0x100E),
+    "e1000e": (0x8086, 0x10D3),
+    "nvme": (0x1B36, 0x0010),
+}
 
 
 def test_devices_are_where_the_topology_says(topology) -> None:

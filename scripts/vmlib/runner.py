@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -14,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,18 +270,26 @@ def lost_wakeup(answers: list[tuple[str, str]]) -> str:
 
 def _ask(sock: Path, queries: list[str], timeout: float = 10.0) -> list[tuple[str, str]]:
     """The monitor's answer to each query; an empty list if it cannot be asked."""
-    out: list[tuple[str, str]] = []
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(sock))
-            _until_prompt(s)
-            for q in queries:
-                s.sendall(q.encode() + b"\n")
-                out.append((q, _until_prompt(s)))
+        with _monitor(sock, timeout) as ask:
+            return [(q, ask(q)) for q in queries]
     except OSError:
         return []
-    return out
+
+
+@contextlib.contextmanager
+def _monitor(sock: Path, timeout: float = 10.0) -> Iterator[Callable[[str], str]]:
+    """A conversation with QEMU's human monitor: ask(command) returns its answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        _until_prompt(s)
+
+        def ask(command: str) -> str:
+            s.sendall(command.encode() + b"\n")
+            return _until_prompt(s)
+
+        yield ask
 
 
 # Asked of QEMU's monitor before a hung guest is killed: where each vCPU is and whether it
@@ -322,19 +332,13 @@ def hung_guest_state(sock: Path, cpus: int, smap: Path | None = None, timeout: f
     queries = [q.format(cpu=c) for q in HUNG_GUEST_QUERIES for c in range(cpus if "{" in q else 1)]
     out: list[str] = []
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(sock))
-            _until_prompt(s)
+        with _monitor(sock, timeout) as ask:
             for q in queries:
-                s.sendall(q.encode() + b"\n")
-                reply = _until_prompt(s)
-                out.append(f"(qemu) {q}\n{reply.strip()}")
+                out.append(f"(qemu) {q}\n{ask(q).strip()}")
             samples = []
             for _ in range(RIP_SAMPLES):
                 time.sleep(RIP_GAP)
-                s.sendall(b"info registers -a\n")
-                reply = _until_prompt(s)
+                reply = ask("info registers -a")
                 samples += [
                     line.split()[0][4:] for line in reply.splitlines() if line.startswith("RIP=")
                 ]
@@ -348,12 +352,8 @@ def hung_guest_state(sock: Path, cpus: int, smap: Path | None = None, timeout: f
 def nmi_guest(sock: Path, timeout: float = 10.0) -> bool:
     """Send every vCPU an NMI (the guest then panics with a stack trace); True if sent."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(sock))
-            _until_prompt(s)
-            s.sendall(b"nmi\n")
-            _until_prompt(s)
+        with _monitor(sock, timeout) as ask:
+            ask("nmi")
     except OSError:
         return False
     return True

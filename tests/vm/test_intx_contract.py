@@ -687,6 +687,20 @@ def test_reset_keeps_intx_disable_as_the_mask_state_says(topology) -> None:
     assert ours["wrong"] == [] and ours["round trip"] and stock["round trip"], seen
 
 
+def intx_ops(driver: str, efd: int) -> list[tuple[str, int, int, bytes, bool]]:
+    """The operations that write INTx Disable, as (name, SET_IRQS flags, count, data,
+    INTx Disable wanted after it): mask and unmask, and for vfiokit-pci INTx off and on
+    (INTx off keeps INTx Disable set there, docs/vfiokit-pci.md; stock lets it follow the
+    user's virtual bit)."""
+    ops = [("mask", NONE | MASK, 1, b"", True), ("unmask", NONE | UNMASK, 1, b"", False)]
+    if driver == "vfiokit-pci":
+        ops += [
+            ("off", NONE | TRIGGER, 0, b"", True),
+            ("on", EVENTFD | TRIGGER, 1, h.i32(efd), False),
+        ]
+    return ops
+
+
 # where in a reset an operation is started, as fractions of the reset's length
 RESET_FRACTIONS = (0.33, 0.2, 0.5)
 
@@ -703,13 +717,7 @@ def reset_race(
         length = reset_ms(dev) / 1e3
         efd = h.eventfd()
         assert dev.set_irqs(EVENTFD | TRIGGER, data=h.i32(efd)) == 0
-        # (name, SET_IRQS flags, count, data, INTx Disable wanted after it)
-        ops = [("mask", NONE | MASK, 1, b"", True), ("unmask", NONE | UNMASK, 1, b"", False)]
-        if driver == "vfiokit-pci":  # INTx off keeps INTx Disable set (docs/vfiokit-pci.md)
-            ops += [
-                ("off", NONE | TRIGGER, 0, b"", True),
-                ("on", EVENTFD | TRIGGER, 1, h.i32(efd), False),
-            ]
+        ops = intx_ops(driver, efd)
         o: Obs = {"reset ms": round(length * 1e3, 1), "rounds": 0, "inside": 0, "wrong": []}
         for n in range(max_rounds):
             if o["inside"] >= min_inside and (o["wrong"] or not until_wrong):
@@ -786,13 +794,7 @@ def pm_round_trip(bdf: str, driver: str) -> Obs:
         assert not ctrl & PM_NO_SOFT_RESET, f"{bdf} has No_Soft_Reset: nothing is restored"
         efd = h.eventfd()
         assert dev.set_irqs(EVENTFD | TRIGGER, data=h.i32(efd)) == 0
-        # (name, SET_IRQS flags, count, data, INTx Disable wanted after it)
-        ops = [("mask", NONE | MASK, 1, b"", True), ("unmask", NONE | UNMASK, 1, b"", False)]
-        if driver == "vfiokit-pci":  # INTx off keeps INTx Disable set (docs/vfiokit-pci.md)
-            ops += [
-                ("off", NONE | TRIGGER, 0, b"", True),
-                ("on", EVENTFD | TRIGGER, 1, h.i32(efd), False),
-            ]
+        ops = intx_ops(driver, efd)
         o: Obs = {"ops": [], "wrong": []}
         for name, flags, count, data, want in ops:
             if name == "unmask":

@@ -22,6 +22,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,22 @@ def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in ("rate", "p50_us", "p99_us")}
 
 
+def timed_loop(call: Callable[[int], object], items: list[int]) -> tuple[list[float], float]:
+    """Call `call` on `items` in turn, round and round, for SECONDS: each call's latency
+    and the whole loop's length, in seconds."""
+    at = itertools.cycle(items)
+    lat: list[float] = []
+    clock = time.perf_counter
+    end = clock() + SECONDS
+    start = clock()
+    while clock() < end:
+        item = next(at)
+        t0 = clock()
+        call(item)
+        lat.append(clock() - t0)
+    return lat, clock() - start
+
+
 def kernel_loop(dev: str, offsets: list[int]) -> dict[str, float]:
     """Synchronous O_DIRECT 4 KiB reads of the block device, one at a time."""
     fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)
@@ -62,23 +79,16 @@ def kernel_loop(dev: str, offsets: list[int]) -> dict[str, float]:
         with mmap.mmap(-1, IO_BYTES) as buf:  # page-aligned, as O_DIRECT wants
             bufs = [buf]
             preadv = os.preadv
-            at = itertools.cycle(offsets)
-            lat: list[float] = []
-            short = 0
-            clock = time.perf_counter
-            end = clock() + SECONDS
-            start = clock()
-            while clock() < end:
-                off = next(at)
-                t0 = clock()
-                n = preadv(fd, bufs, off)
-                lat.append(clock() - t0)
-                short += n != IO_BYTES
-            took = clock() - start
+            short = [0]
+
+            def read(off: int) -> None:
+                short[0] += preadv(fd, bufs, off) != IO_BYTES
+
+            lat, took = timed_loop(read, offsets)
     finally:
         os.close(fd)
-    if short:
-        raise RuntimeError(f"{dev}: {short} short O_DIRECT reads")
+    if short[0]:
+        raise RuntimeError(f"{dev}: {short[0]} short O_DIRECT reads")
     return summary(lat, took)
 
 
@@ -106,17 +116,7 @@ def vfiokit_loops(
             read_into = nvme.read_into
             before = nvme.interrupts[1]
             for _ in range(RUNS):
-                at = itertools.cycle(lbas)
-                lat: list[float] = []
-                clock = time.perf_counter
-                end = clock() + SECONDS
-                start = clock()
-                while clock() < end:
-                    lba = next(at)
-                    t0 = clock()
-                    read_into(buf, lba, count)
-                    lat.append(clock() - t0)
-                took = clock() - start
+                lat, took = timed_loop(lambda lba: read_into(buf, lba, count), lbas)
                 reads += len(lat)
                 runs.append(summary(lat, took))
             wakeups = (nvme.interrupts[1] - before) / reads

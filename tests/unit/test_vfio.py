@@ -198,6 +198,92 @@ def test_intx_stock_uses_the_ioctl(host: FakeSys, kernel: FakeSyscalls, backend:
     assert kernel.open_fds == 0 and dev.triggers == {}
 
 
+def test_intx_per_interrupt_path_is_the_builtins_with_typed_errors(
+    host: FakeSys, kernel: FakeSyscalls
+) -> None:
+    # On the real kernel wait() and unmask() call the builtins themselves: no frame of the
+    # syscall layer per interrupt (the API's round trip against a stdlib-only loop).
+    import fcntl
+
+    from vfiokit.vfio.sys import raw_error
+
+    real = RealSyscalls()
+    assert real.raw_ioctl is fcntl.ioctl and real.raw_eventfd_read is os.eventfd_read
+    assert real.raw_eventfd_write is os.eventfd_write
+    with pytest.raises(ValueError):
+        real.raw_eventfd_read(-1)
+    err = raw_error("read eventfd", ValueError("negative file descriptor"))
+    assert err.errno == errno.EBADF and err.op == "read eventfd"
+    err = raw_error("VFIO_DEVICE_SET_IRQS", OSError(errno.EACCES, "denied"))
+    assert isinstance(err, PermissionDenied) and err.op == "VFIO_DEVICE_SET_IRQS"
+    # Their errors come out typed, from every unmask path and from wait().
+    dev = kernel.devices[BDF]
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx("kernel")
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.ENODEV)  # the fake's own VfioError
+        with pytest.raises(NotFound) as info:
+            intx.unmask()
+        assert info.value.errno == errno.ENODEV and intx.counts["kernel"] == 0
+        intx.policy = "eventfd"
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1 and intx.unmask() == "eventfd" and not dev.masked
+        ufd = intx.unmask_eventfd()
+        kernel.close(ufd)  # the fd gone under it: the builtin's EBADF, typed
+        with pytest.raises(VfioError) as info:
+            intx.unmask()
+        assert info.value.errno == errno.EBADF and info.value.op == "write eventfd"
+        intx.policy = "kernel"
+        vd.device.close()  # the device's fd is -1 now: never an ioctl on a reused number
+        with pytest.raises(VfioError) as info:
+            intx.unmask()
+        assert info.value.errno == errno.EBADF and info.value.op == "VFIO_DEVICE_SET_IRQS"
+        with contextlib.suppress(VfioError):
+            intx.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_intx_interrupts_unmask_between_steps_and_follow_the_policy(
+    host: FakeSys, kernel: FakeSyscalls, backend: str
+) -> None:
+    dev = kernel.devices[BDF]
+    with open_dev(host, kernel, backend) as vd:
+        intx = vd.intx("kernel")
+        steps = intx.interrupts()
+        kernel.fire(dev, 0)
+        assert next(steps) == 1 and dev.masked and dev.unmask_ioctls == 0
+        kernel.fire(dev, 0)  # still masked: the loop's body has not finished
+        assert intx.wait(0) == 0
+        # The next step unmasks first, then waits (blocking) for the next interrupt.
+        timer = threading.Timer(0.05, kernel.fire, (dev, 0))
+        timer.start()
+        assert next(steps) == 1 and dev.unmask_ioctls == 1 and dev.masked
+        timer.join()
+        assert intx.counts["kernel"] == 1
+        intx.policy = "eventfd"  # a policy change between steps is followed
+        timer = threading.Timer(0.05, kernel.fire, (dev, 0))
+        timer.start()
+        assert next(steps) == 1
+        timer.join()
+        assert dev.unmask_ioctls == 1 and dev.unmask_eventfd_writes == 1
+        assert intx.counts == {"line": 0, "device": 0, "kernel": 1, "eventfd": 1}
+        steps.close()  # leaving the loop does not unmask
+        assert dev.masked
+        intx.policy = "kernel"
+        intx.unmask()
+        steps = intx.interrupts()
+        kernel.fire(dev, 0)
+        assert next(steps) == 1
+        kernel.fail(U.VFIO_DEVICE_SET_IRQS, errno.ENODEV)  # a device gone: typed
+        with pytest.raises(NotFound):
+            next(steps)
+        assert intx.counts["kernel"] == 2  # the unmask() above; the failed one not
+        intx.close()
+        with pytest.raises(VfioError) as info:  # typed, never a read on a reused fd
+            next(intx.interrupts())
+        assert info.value.errno == errno.EBADF and info.value.op == "read eventfd"
+    assert kernel.open_fds == 0 and dev.triggers == {}
+
+
 def test_intx_adaptive_follows_the_state(host: FakeSys) -> None:
     kernel = FakeSyscalls()
     dev = kernel.add_device(BDF, group="3", vfiokit=True)

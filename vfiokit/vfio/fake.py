@@ -845,6 +845,26 @@ class FakeSyscalls:
     def eventfd_read_blocking(self, fd: int) -> int:
         return os.eventfd_read(self._real(fd))
 
+    # The raw builtins of the per-interrupt path (see Syscalls): the same models, with the
+    # builtins' signatures; a closed fd raises what the builtin would.
+    def raw_ioctl(self, fd: int, request: int, arg: bytearray, mutate: bool = True, /) -> int:
+        self._raw_check(fd)
+        return self.ioctl(fd, request, arg)
+
+    def raw_eventfd_read(self, fd: int, /) -> int:
+        self._raw_check(fd)
+        return self.eventfd_read_blocking(fd)
+
+    def raw_eventfd_write(self, fd: int, value: int, /) -> None:
+        self._raw_check(fd)
+        self.eventfd_write(fd, value)
+
+    def _raw_check(self, fd: int) -> None:
+        if fd < 0:
+            raise ValueError("negative file descriptor")  # what os.eventfd_read says
+        if fd not in self.fds:
+            raise OSError(E.EBADF, os.strerror(E.EBADF))
+
     def eventfd_write(self, fd: int, value: int = 1) -> None:
         real = self._real(fd)
         for dev in self.devices.values():

@@ -19,9 +19,9 @@ import os
 import platform
 import select
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from mmap import mmap as Mmap
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..errors import Busy, NotFound, PermissionDenied, Unsupported, VfiokitError
 
@@ -76,6 +76,15 @@ def error(op: str, exc: OSError, path: str | None = None) -> VfioError:
     """The VfioError for an OSError from `op`: the subclass that matches its errno."""
     code = exc.errno or E.EIO
     return error_for(op, code, path)
+
+
+def raw_error(op: str, exc: OSError | ValueError) -> VfioError:
+    """The VfioError for what a raw builtin raised (see Syscalls.raw_ioctl): an OSError by
+    its errno; a ValueError is the builtin refusing a negative fd (an object already
+    closed), which is EBADF."""
+    if isinstance(exc, OSError):
+        return error(op, exc)
+    return error_for(op, E.EBADF)
 
 
 def error_for(op: str, code: int, path: str | None = None) -> VfioError:
@@ -156,6 +165,19 @@ def hugetlb_flags(page_size: int) -> int:
 
 
 class Syscalls(Protocol):
+    """The syscalls vfiokit makes. Every method raises VfioError.
+
+    The three ``raw_*`` attributes are the exception: for the per-interrupt path they are
+    the builtins themselves on the real kernel (``fcntl.ioctl`` with the mutate flag,
+    ``os.eventfd_read``, ``os.eventfd_write``), so a call costs no Python frame of this
+    layer; they raise the builtin's OSError or ValueError, which the caller turns into a
+    VfioError with :func:`raw_error` (a fake may raise VfioError itself: re-raise it).
+    """
+
+    def raw_ioctl(self, fd: int, request: int, arg: bytearray, mutate: bool, /) -> int: ...
+    def raw_eventfd_read(self, fd: int, /) -> int: ...
+    def raw_eventfd_write(self, fd: int, value: int, /) -> None: ...
+
     def open(self, path: str, flags: int = os.O_RDWR) -> int: ...
     def close(self, fd: int) -> None: ...
     def ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int: ...
@@ -173,7 +195,13 @@ class Syscalls(Protocol):
 
 
 class RealSyscalls:
-    """The real kernel. Every method raises VfioError (never a bare OSError)."""
+    """The real kernel. Every method raises VfioError (never a bare OSError); the raw_*
+    builtins raise what they raise (see Syscalls)."""
+
+    # typeshed types fcntl.ioctl as overloads; this is the one for a mutable buffer.
+    raw_ioctl = staticmethod(cast("Callable[[int, int, bytearray, bool], int]", fcntl.ioctl))
+    raw_eventfd_read = staticmethod(os.eventfd_read)
+    raw_eventfd_write = staticmethod(os.eventfd_write)
 
     def open(self, path: str, flags: int = os.O_RDWR) -> int:
         try:

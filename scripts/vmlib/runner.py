@@ -79,6 +79,24 @@ def kvm_usable(kernel: Path) -> bool:
     return ok
 
 
+# The shares of a systemd boot (slots 0x1d, 0x1e: free on q35, beside the other shares
+# on GSI 16): the persistent state when a run has one, and the udev layer. The layer is a
+# share of its own, not a path under the host's root: overlayfs refuses a lower layer
+# inside another one ("overlapping lowerdir path").
+STATE_SHARE = qemu.Device(name="state", qemu="virtio-9p-pci", slot=0x1D, line="infra")
+LAYER_SHARE = qemu.Device(name="layer", qemu="virtio-9p-pci", slot=0x1E, line="infra")
+# systemd as PID 1 with the layer under the guest's root; no mounts or swap from the
+# host's /etc/fstab (its disks are not in the guest), no first-boot questions.
+SYSTEMD_CMDLINE = "vfiokit.pid1=systemd fstab=no systemd.gpt_auto=no systemd.firstboot=no"
+
+
+def guest_layer() -> Path:
+    """Debian's udev and systemd unpacked for the guest (scripts/guest-layer, cached)."""
+    out = subprocess.run([str(REPO / "scripts" / "guest-layer")], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout.strip()  # fmt: skip
+    return Path(out)
+
+
 def _cmdline(extra: str) -> str:
     base = (
         "console=ttyS0 root=hostroot rootfstype=9p "
@@ -109,14 +127,27 @@ def run_job(
     keep: Path | None = None,
     cpus: int | None = None,
     tcg_thread: str = "single",
+    init: str = "sh",
+    state: Path | None = None,
 ) -> Result:
     """Boot a fresh guest, run `argv` in it (or a shell), power off; never hangs past timeout.
 
     `cpus` overrides the topology's vCPU count (the KUnit cases that need a second CPU).
+    `init="systemd"` boots systemd as PID 1 with Debian's udev (scripts/guest-layer), which
+    runs the job from a unit; `state`, a host folder shared read-write, keeps what vfiokit
+    persists (/etc/vfiokit, /etc/udev/rules.d, /etc/systemd/system) from boot to boot.
     """
     topo = qemu.load()
     if cpus is not None:
         topo = dataclasses.replace(topo, cpus=cpus)
+    if state is not None:
+        if init != "systemd":
+            raise ValueError("a state folder needs init='systemd'")
+        topo = dataclasses.replace(topo, devices=(*topo.devices, STATE_SHARE))
+    layer = guest_layer() if init == "systemd" else None
+    if layer is not None:
+        topo = dataclasses.replace(topo, devices=(*topo.devices, LAYER_SHARE))
+        cmdline = f"{SYSTEMD_CMDLINE} {cmdline}".strip()
     results = Path(tempfile.mkdtemp(prefix="vfiokit-vm-"))
     try:
         (results / "cmd").write_text(
@@ -135,6 +166,11 @@ def run_job(
             "project": (REPO, False),
             "results": (results, False),
         }
+        if state is not None:
+            state.mkdir(parents=True, exist_ok=True)
+            shares["state"] = (state.resolve(), False)
+        if layer is not None:
+            shares["layer"] = (layer, True)
         monitor_sock = results / "monitor.sock"
         # Disk images (the NVMe's) start empty every run and go with the results folder.
         disks = qemu.scratch_disks(topo, results / "disks")

@@ -66,7 +66,8 @@ def test_assign_then_unassign_restores_every_node(fake: FakeSys) -> None:
     assert ops.state["/dev/vfio/devices/vfio0"] == (NOBODY.pw_uid, NOBODY.pw_gid, 0o600)
     assert ops.state["/dev/iommu"][2] == 0o666 and ops.state["/dev/vfio/vfio"][2] == 0o666
     rule = (fake.root / "etc/udev/rules.d/70-vfiokit-assign-0000:00:04.0.rules").read_text()
-    assert 'SUBSYSTEM=="vfio", KERNEL=="9", OWNER="nobody", MODE="0600"' in rule
+    member = 'TEST=="/sys/kernel/iommu_groups/$kernel/devices/0000:00:04.0"'
+    assert f'SUBSYSTEM=="vfio", {member}, OWNER="nobody", MODE="0600"' in rule
     assert 'SUBSYSTEM=="vfio-dev", KERNELS=="0000:00:04.0", OWNER="nobody"' in rule
     assert (fake.root / "etc/udev/rules.d/70-vfiokit-shared.rules").exists()
     # Re-assigning to someone else keeps the first prior state.
@@ -109,7 +110,11 @@ def test_udev_rule_shape() -> None:
 
     text = udev_rule(Assignment("0000:00:04.0", "9", "alice", 1000, "kvm", 993, 0o660), False)
     rules = [line for line in text.splitlines() if not line.startswith("#")]
-    assert rules == ['SUBSYSTEM=="vfio", KERNEL=="9", OWNER="alice", GROUP="kvm", MODE="0660"']
+    # By member, not by number: a device added again (PCI rescan) gets a new group number;
+    # tests/boots/ proves it with a real udev.
+    member = 'TEST=="/sys/kernel/iommu_groups/$kernel/devices/0000:00:04.0"'
+    assert rules == [f'SUBSYSTEM=="vfio", {member}, OWNER="alice", GROUP="kvm", MODE="0660"']
+    assert 'KERNEL=="9"' not in text
 
 
 # -- memlock ---------------------------------------------------------------------------------
@@ -181,6 +186,15 @@ def test_udev_persist_rule_sets_override_and_wants_the_unit() -> None:
     assert keys[0] == 'ACTION=="add"' and 'SUBSYSTEM=="pci"' in keys
     assert 'ATTR{driver_override}="$result"' in keys
     assert 'ENV{SYSTEMD_WANTS}+="vfiokit-persist@$kernel.service"' in keys
+
+
+def test_persist_unit_ends_so_a_device_added_again_starts_it_again() -> None:
+    # A oneshot that stays active (RemainAfterExit=yes) is not started again by the next
+    # `add` of its device (a hot-plug, a PCI remove and rescan): the device would come
+    # back unbound. tests/boots/ proves it with a real systemd and udev.
+    unit = unit_text(Launcher(("/opt/vfiokit/bin/vfiokit",)))
+    service = unit.split("[Service]\n", 1)[1].splitlines()
+    assert "Type=oneshot" in service and not any("RemainAfterExit" in s for s in service)
 
 
 @pytest.mark.usefixtures("kept_install")

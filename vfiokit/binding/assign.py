@@ -80,6 +80,11 @@ def device_nodes(sysroot: SysRoot, address: str) -> tuple[str, list[str]]:
     return group, nodes
 
 
+def group_member_path(address: str) -> str:
+    """What udev tests for a group node (/dev/vfio/$kernel) that holds `address`."""
+    return f"/sys/kernel/iommu_groups/$kernel/devices/{address}"
+
+
 def udev_rule(a: Assignment, cdevs: bool) -> str:
     who = []
     if a.user:
@@ -90,9 +95,9 @@ def udev_rule(a: Assignment, cdevs: bool) -> str:
     attrs = ", ".join(who)
     lines = [
         f"# Written by `vfiokit assign {a.address}`; `vfiokit unassign {a.address}` removes it.",
-        f"# The group node is named by number: if the IOMMU group of {a.address} changes,",
-        "# run vfiokit assign again.",
-        f'SUBSYSTEM=="vfio", KERNEL=="{a.iommu_group}", {attrs}',
+        f"# The group node is matched by its member {a.address}, not by its number: a device",
+        "# added again (hot-plug, PCI rescan) comes back in a group with a new number.",
+        f'SUBSYSTEM=="vfio", TEST=="{group_member_path(a.address)}", {attrs}',
     ]
     if cdevs:
         lines.append(f'SUBSYSTEM=="vfio-dev", KERNELS=="{a.address}", {attrs}')

@@ -157,8 +157,9 @@ def unit_text(launch: Launcher | None = None) -> str:
         f"{mounts}"
         "\n"
         "[Service]\n"
+        # No RemainAfterExit: the unit must end when it is done, so that the next `add` of
+        # the device (a hot-plug, a PCI rescan) starts it again through SYSTEMD_WANTS.
         "Type=oneshot\n"
-        "RemainAfterExit=yes\n"
         f"ExecStart={' '.join(_unit_word(w) for w in launch.command)} apply-persisted %I\n"
     )
 

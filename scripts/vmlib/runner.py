@@ -92,9 +92,10 @@ SYSTEMD_CMDLINE = "vfiokit.pid1=systemd fstab=no systemd.gpt_auto=no systemd.fir
 
 def guest_layer() -> Path:
     """Debian's udev and systemd unpacked for the guest (scripts/guest-layer, cached)."""
-    out = subprocess.run([str(REPO / "scripts" / "guest-layer")], check=True,
+    # Bounded like the run itself: a stuck download must not hold up a CI run for good.
+    out = subprocess.run([str(REPO / "scripts" / "guest-layer")], check=True, timeout=900,
                          stdout=subprocess.PIPE, text=True).stdout.strip()  # fmt: skip
-    return Path(out)
+    return Path(out).resolve()
 
 
 def _cmdline(extra: str) -> str:
@@ -147,7 +148,8 @@ def run_job(
     layer = guest_layer() if init == "systemd" else None
     if layer is not None:
         topo = dataclasses.replace(topo, devices=(*topo.devices, LAYER_SHARE))
-        cmdline = f"{SYSTEMD_CMDLINE} {cmdline}".strip()
+        state_arg = " vfiokit.state=1" if state is not None else ""
+        cmdline = f"{SYSTEMD_CMDLINE}{state_arg} {cmdline}".strip()
     results = Path(tempfile.mkdtemp(prefix="vfiokit-vm-"))
     try:
         (results / "cmd").write_text(

@@ -7,7 +7,7 @@ holds the guest's /etc/vfiokit, /etc/udev/rules.d and /etc/systemd/system.
    vfiokit command run: the udev rules and the unit did it; a PCI remove and rescan (a
    hot-plug) gets the same from them again; `systemd-analyze verify` is clean on the unit;
    then `unbind --persist` and `unassign`;
-3. no trace: the device unbound, no node, no vfiokit file or unit.
+3. no trace: the device unbound, no node, no vfiokit file, no run of the unit.
 
 These boot VMs from the host (never touching the host's devices), so they are not unit
 tests: scripts/test runs them per kernel, with VFIOKIT_BOOT_ARGS naming it ("--base 7.2
@@ -73,4 +73,4 @@ def test_persisted_binding_and_assignment_across_real_boots(tmp_path: Path) -> N
     assert second["verify"] == {"rc": 0, "out": ""}
     assert not [p for p in state.rglob("*") if p.is_file()]
     third = boot("third", state)
-    assert third["files"] == [] and third["units"] == ""
+    assert third["files"] == [] and third["unit_runs"] == []

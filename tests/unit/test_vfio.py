@@ -12,6 +12,7 @@ import resource
 import selectors
 import sys
 import threading
+import time
 import weakref
 
 import pytest
@@ -208,6 +209,9 @@ def test_intx_per_interrupt_path_is_the_builtins_with_typed_errors(
     from vfiokit.vfio.sys import raw_error
 
     real = RealSyscalls()
+    with pytest.raises(VfioError) as info:  # fcntl's ValueError for fd -1: typed EBADF
+        real.ioctl(-1, U.VFIO_DEVICE_SET_IRQS, bytearray(20))
+    assert info.value.errno == errno.EBADF
     assert real.raw_ioctl is fcntl.ioctl and real.raw_eventfd_read is os.eventfd_read
     assert real.raw_eventfd_write is os.eventfd_write
     with pytest.raises(ValueError):
@@ -241,6 +245,21 @@ def test_intx_per_interrupt_path_is_the_builtins_with_typed_errors(
             intx.close()
 
 
+def fire_once_unmasked(kernel: FakeSyscalls, dev: object) -> threading.Thread:
+    """Raise INTx from another thread as soon as the line is unmasked (a raise while it is
+    masked is dropped by the fake, and the blocking read would wait for good)."""
+
+    def run() -> None:
+        end = time.monotonic() + 10
+        while dev.masked and time.monotonic() < end:  # type: ignore[attr-defined]
+            time.sleep(0.001)
+        kernel.fire(dev, 0)  # type: ignore[arg-type]
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_intx_interrupts_unmask_between_steps_and_follow_the_policy(
     host: FakeSys, kernel: FakeSyscalls, backend: str
@@ -254,14 +273,12 @@ def test_intx_interrupts_unmask_between_steps_and_follow_the_policy(
         kernel.fire(dev, 0)  # still masked: the loop's body has not finished
         assert intx.wait(0) == 0
         # The next step unmasks first, then waits (blocking) for the next interrupt.
-        timer = threading.Timer(0.05, kernel.fire, (dev, 0))
-        timer.start()
+        timer = fire_once_unmasked(kernel, dev)
         assert next(steps) == 1 and dev.unmask_ioctls == 1 and dev.masked
         timer.join()
         assert intx.counts["kernel"] == 1
         intx.policy = "eventfd"  # a policy change between steps is followed
-        timer = threading.Timer(0.05, kernel.fire, (dev, 0))
-        timer.start()
+        timer = fire_once_unmasked(kernel, dev)
         assert next(steps) == 1
         timer.join()
         assert dev.unmask_ioctls == 1 and dev.unmask_eventfd_writes == 1
@@ -277,7 +294,17 @@ def test_intx_interrupts_unmask_between_steps_and_follow_the_policy(
         with pytest.raises(NotFound):
             next(steps)
         assert intx.counts["kernel"] == 2  # the unmask() above; the failed one not
+        # A loop paused across close() stops at its next step, before any unmask.
+        intx.unmask()
+        steps = intx.interrupts()
+        kernel.fire(dev, 0)
+        assert next(steps) == 1
+        unmasks = dev.unmask_ioctls
         intx.close()
+        intx.policy = "kernel"  # even a policy set after close keeps it off the fast path
+        with pytest.raises(VfioError) as info:
+            next(steps)
+        assert info.value.errno == errno.EBADF and dev.unmask_ioctls == unmasks
         with pytest.raises(VfioError) as info:  # typed, never a read on a reused fd
             next(intx.interrupts())
         assert info.value.errno == errno.EBADF and info.value.op == "read eventfd"

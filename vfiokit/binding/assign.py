@@ -96,7 +96,7 @@ def udev_rule(a: Assignment, cdevs: bool) -> str:
     lines = [
         f"# Written by `vfiokit assign {a.address}`; `vfiokit unassign {a.address}` removes it.",
         f"# The group node is matched by its member {a.address}, not by its number: a device",
-        "# added again (hot-plug, PCI rescan) comes back in a group with a new number.",
+        "# added again (hot-plug, PCI rescan) may come back in a group with a new number.",
         f'SUBSYSTEM=="vfio", TEST=="{group_member_path(a.address)}", {attrs}',
     ]
     if cdevs:

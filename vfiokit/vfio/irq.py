@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ..errors import InvalidArgument, Unsupported, VfiokitError
 from . import uapi as U
 from .device import Device
-from .sys import VfioError, raw_error, warn_unclosed
+from .sys import error_for, raw_error, warn_unclosed
 
 _SET_IRQS, _FEATURE = U.VFIO_DEVICE_SET_IRQS, U.VFIO_DEVICE_FEATURE  # hot path: no lookups
 _BYTE = [bytes([i]) for i in range(256)]  # made once: the device unmask writes these
@@ -244,7 +244,7 @@ class Intx(_EventfdWaiter):
             self.unmask = self._unmask_state  # type: ignore[method-assign]
         else:
             self.unmask = self._unmask_kernel  # type: ignore[method-assign]
-            self._hot[1] = 1
+            self._hot[1] = 1 if self._hot[0] >= 0 else 0  # never the fast path once closed
 
     def _arm_unmask_eventfd(self) -> None:
         """VFIO_IRQ_SET_ACTION_UNMASK | DATA_EVENTFD: the kernel unmasks INTx whenever
@@ -306,7 +306,7 @@ class Intx(_EventfdWaiter):
         if timeout is None:
             try:
                 return self._raw_read(self._efd)
-            except VfioError:
+            except VfiokitError:
                 raise
             except (OSError, ValueError) as exc:
                 raise raw_error("read eventfd", exc) from exc
@@ -335,17 +335,19 @@ class Intx(_EventfdWaiter):
         while True:
             try:
                 n = read(hot[0])
-            except VfioError:
+            except VfiokitError:
                 raise
             except (OSError, ValueError) as exc:
                 raise raw_error("read eventfd", exc) from exc
             yield n
-            if not hot[1]:
+            if not hot[1]:  # another policy, or this Intx closed meanwhile (_release)
+                if hot[0] < 0:
+                    raise error_for("interrupts() after close", E.EBADF)
                 self.unmask()
                 continue
             try:
                 ioctl(dev.fd, _SET_IRQS, arg, True)
-            except VfioError:
+            except VfiokitError:
                 raise
             except (OSError, ValueError) as exc:
                 raise raw_error("VFIO_DEVICE_SET_IRQS", exc) from exc
@@ -384,7 +386,7 @@ class Intx(_EventfdWaiter):
     def _unmask_eventfd(self) -> str:
         try:
             self._raw_write(self._ufd, 1)
-        except VfioError:
+        except VfiokitError:
             raise
         except (OSError, ValueError) as exc:
             raise raw_error("write eventfd", exc) from exc
@@ -394,7 +396,7 @@ class Intx(_EventfdWaiter):
     def _unmask_kernel(self) -> str:
         try:
             self._raw_ioctl(self.device.fd, _SET_IRQS, self._unmask_arg, True)
-        except VfioError:
+        except VfiokitError:
             raise
         except (OSError, ValueError) as exc:
             raise raw_error("VFIO_DEVICE_SET_IRQS", exc) from exc
@@ -424,7 +426,10 @@ class Intx(_EventfdWaiter):
         )
 
     def _release(self, disarm: bool = True) -> BaseException | None:
-        self._efd = self._hot[0] = -1  # wait() after close: EBADF, not a reused fd number
+        # wait() after close: EBADF, not a reused fd number; a paused interrupts() loop
+        # takes its slow path (hot[1] = 0) and stops there, before any unmask.
+        self._efd = self._hot[0] = -1
+        self._hot[1] = 0
         first = super()._release(disarm)  # disabling INTx also ends the unmask eventfd's use
         if self._ufd >= 0:
             ufd, self._ufd = self._ufd, -1

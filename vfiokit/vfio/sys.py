@@ -230,6 +230,8 @@ class RealSyscalls:
             return fcntl.ioctl(fd, request, arg)
         except OSError as exc:
             raise error(_ioctl_name(request), exc) from exc
+        except ValueError as exc:  # fd -1: a device already closed (fcntl refuses it)
+            raise error_for(_ioctl_name(request), E.EBADF) from exc
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         try:

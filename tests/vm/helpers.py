@@ -328,3 +328,18 @@ def wait_for(pred, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(pred())
+
+
+def masked_state(dev: VfioDevice, timeout: float = 2.0) -> dict[str, int]:
+    """vfiokit-pci's INTx state once the mask its handler chose shows (the line held or the
+    device masked). Under threadirqs the handler signals the eventfd from its thread, and
+    genirq holds the line only when that thread returns (irq_finalize_oneshot()): a look
+    right after the signal may find the interrupt masked in the driver's view and the line
+    not held yet. The user's view (`masked`) is 1 at every look."""
+    end = time.monotonic() + timeout
+    while True:
+        st = dev.intx_state()
+        assert st["masked"] == 1, st
+        if st["line_held"] or st["dev_masked"] or time.monotonic() > end:
+            return st
+        time.sleep(0.002)

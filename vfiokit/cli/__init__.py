@@ -1,24 +1,9 @@
-"""The `vfiokit` command: a thin typer layer over the API.
-
-Errors are VfiokitError: one line `error: ...` (plus `remedy: ...`) on stderr, or a JSON
-object on stdout with --json; the exit code is the error's (docs/cli.md). --debug shows the
-traceback. Usage errors that click finds (an unknown option, a missing argument) are exit
-code 2 as well, and JSON too when --json is on the command line (main()).
-"""
+"""The `vfiokit` command: a thin typer layer over the API (typer_main), and `vfiokit
+list` run without it when its command line is plain (listing.fast)."""
 
 from __future__ import annotations
 
-import importlib
-import os
 import sys
-from collections.abc import Iterable
-from typing import Annotated
-
-import typer
-
-from .. import __version__
-from ..errors import InvalidArgument
-from . import errors as _errors
 
 # Each verb and the module that defines it, in the order --help lists them. main() imports
 # and builds only the verb it runs (`vfiokit list` never loads the binder, doctor or
@@ -31,98 +16,24 @@ VERBS = {
 }  # fmt: skip
 
 
-def _show_version(value: bool) -> None:
-    if value:
-        typer.echo(f"vfiokit {__version__}")
-        raise typer.Exit()
+def main(argv: list[str] | None = None) -> None:
+    """The `vfiokit` entry point."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    from . import listing
 
+    code = listing.fast(args)
+    if code is not None:
+        sys.exit(code)
+    from . import typer_main
 
-def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_show_version, is_eager=True,
-                     help="Print the version and exit."),
-    ] = False,
-) -> None:  # fmt: skip
-    """vfiokit: PCI passthrough for VMs and userspace drivers."""
-    _errors.DEBUG = debug
-
-
-def make_app(verbs: Iterable[str] | None = None) -> typer.Typer:
-    """The typer app with `verbs` (default: all of them)."""
-    app = typer.Typer(
-        name="vfiokit",
-        help="PCI passthrough toolkit: list devices, check the host, bind and assign devices.",
-        no_args_is_help=True,
-        pretty_exceptions_enable=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
-    app.callback()(_root)
-    from .errors import handled
-    from .options import reflow
-
-    for verb in VERBS if verbs is None else verbs:
-        fn = importlib.import_module(f".{VERBS[verb]}", __name__).COMMANDS[verb]
-        app.command(verb, help=reflow(fn.__doc__))(handled(fn))
-    return app
+    typer_main.main(args)
 
 
 def __getattr__(name: str) -> object:
     """`app`: the whole CLI (for typer.testing and the docs), built on first use."""
     if name == "app":
+        from .typer_main import make_app
+
         globals()["app"] = make_app()
         return globals()["app"]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _verb(args: list[str]) -> str | None:
-    """The verb on the command line: the first word that is not a (root) option."""
-    for a in args:
-        if a == "--":
-            return None
-        if not a.startswith("-"):
-            return a
-    return None
-
-
-def _click_class(name: str) -> type[Exception]:
-    """click's exception classes, from typer's own (typer >= 0.2x vendors click)."""
-    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
-
-
-_UsageError = _click_class("UsageError")
-_ClickException = _click_class("ClickException")
-
-
-def _wants_json(args: list[str]) -> bool:
-    return "--json" in (args[: args.index("--")] if "--" in args else args)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The `vfiokit` entry point: typer, with click's usage errors as JSON under --json."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    verb = _verb(args)
-    only = [verb] if verb in VERBS and "_VFIOKIT_COMPLETE" not in os.environ else None
-    try:
-        command = typer.main.get_command(make_app(only))
-        if only is None:
-            from . import complete
-
-            complete.register_bash()  # after get_command: typer registers its own bash first
-        code = command.main(args=args, prog_name="vfiokit", standalone_mode=False)
-    except _UsageError as exc:
-        if not _wants_json(args):
-            exc.show()  # type: ignore[attr-defined]
-            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-        ctx = getattr(exc, "ctx", None)
-        where = ctx.command_path if ctx is not None else "vfiokit"
-        err = InvalidArgument(exc.format_message(), remedy=f"{where} --help")  # type: ignore[attr-defined]
-        sys.exit(_errors.report(err, as_json=True))
-    except _ClickException as exc:
-        exc.show()  # type: ignore[attr-defined]
-        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-    except typer.Abort:
-        print("Aborted!", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)

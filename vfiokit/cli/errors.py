@@ -8,8 +8,6 @@ import traceback
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-import typer
-
 from ..errors import VfiokitError
 from .output import document
 
@@ -39,6 +37,8 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except VfiokitError as exc:
+            import typer  # not at the top: `vfiokit list` reports errors without typer
+
             raise typer.Exit(report(exc, bool(kwargs.get("as_json")))) from exc
 
     return wrapper

@@ -3,7 +3,6 @@ match is a usage error (exit 2) naming the valid choices, not a silently empty t
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterable
 
@@ -18,6 +17,8 @@ _HEX = re.compile(r"^(0x)?[0-9a-f]+$")
 
 
 def _did_you_mean(want: str, choices: Iterable[str]) -> str:
+    import difflib  # on the error path only: `vfiokit list` starts without it
+
     choices = list(choices)
     near = [c for c in choices if c.startswith(want)] or difflib.get_close_matches(
         want, choices, n=2

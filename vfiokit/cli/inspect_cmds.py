@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from .. import device as devmod
-from .. import names
 from ..binding.persist import Persisted
-from ..errors import InvalidArgument
 from ..sysroot import SysRoot
-from . import complete, filters
+from . import complete, listing
 from .options import JsonOpt
-from .output import document, keyvalues, table, text
-
-if TYPE_CHECKING:
-    # imported where used: each verb loads only what it needs (the in-use scan, the doctor)
-    from ..binding.inuse import Use
+from .output import document, keyvalues, text
 
 _YES_NO = {True: "yes", False: "no", None: "unknown"}
-
-
-def _names_hint(sysroot: SysRoot) -> None:
-    """Say once, on stderr (never in --json stdout), why the names are blank."""
-    if not names.available(sysroot):
-        typer.echo(names.MISSING_HINT, err=True)
 
 
 def list_cmd(
@@ -56,66 +44,8 @@ def list_cmd(
 ) -> None:
     """List PCI devices with their driver, IOMMU group, INTx line and what on the host uses
     them (USED BY: what `vfiokit bind` would refuse to take without --force, or ever)."""
-    sysroot = SysRoot()
-    if tree and any(f is not None for f in (klass, vendor, driver, group)):
-        raise InvalidArgument("--tree shows every device: it takes no filters",
-                              remedy="vfiokit list --tree")  # fmt: skip
-    devices = devmod.read_all(sysroot)
-    persisted = Persisted(sysroot).all()
-    chosen: list[filters.Filter] = []
-    if klass is not None:
-        chosen.append(filters.class_filter(klass))
-    if vendor is not None:
-        chosen.append(filters.vendor_filter(devices, vendor))
-    if driver is not None:
-        chosen.append(filters.driver_filter(sysroot, devices, driver))
-    if group is not None:
-        chosen.append(filters.group_filter(sysroot, group))
-    devices = [d for d in devices if all(f(d) for f in chosen)]
-    from ..binding.inuse import InUse
-
-    in_use = InUse(sysroot).of_all(devices)
-    _names_hint(sysroot)
-    if tree:
-        _print_tree(sysroot, devices, in_use, as_json)
-        return
-    if as_json:
-        typer.echo(document({"devices": [
-            {**d.to_dict(), "persisted": persisted.get(d.address),
-             "in_use": [u.to_dict() for u in in_use[d.address]]}
-            for d in devices]}))  # fmt: skip
-        return
-    rows = [
-        (
-            d.address,
-            d.ids,
-            d.class_name,
-            d.driver or "none",
-            d.driver_override,
-            persisted.get(d.address),
-            d.iommu_group,
-            d.irq if d.intx_pin else None,
-            ", ".join(u.short for u in in_use[d.address]) or None,
-            " ".join(x for x in (d.vendor_name, d.device_name) if x) or None,
-        )
-        for d in devices
-    ]
-    headers = ("ADDRESS", "IDS", "CLASS", "DRIVER", "OVERRIDE", "PERSIST", "GROUP", "INTX",
-               "USED BY", "NAME")  # fmt: skip
-    typer.echo(table(headers, rows))
-
-
-def _print_tree(sysroot: SysRoot, devices: list[devmod.PciDevice],
-                in_use: dict[str, list[Use]], as_json: bool) -> None:  # fmt: skip
-    from .. import intx, topology
-    from .tree import Tree
-
-    roots = topology.build(sysroot, [d.address for d in devices])
-    view = Tree(devices, in_use, intx.irq_devices(sysroot))
-    if as_json:
-        typer.echo(document({"tree": [view.node_dict(r) for r in roots]}))
-    else:
-        typer.echo(view.text(roots))
+    listing.run(klass=klass, vendor=vendor, driver=driver, group=group, tree=tree,
+                as_json=as_json)  # fmt: skip
 
 
 def _show_data(sysroot: SysRoot, dev: devmod.PciDevice) -> dict[str, object]:
@@ -151,7 +81,7 @@ def show_cmd(
     sysroot = SysRoot()
     dev = devmod.read_device(sysroot, devmod.resolve(sysroot, address))
     data = _show_data(sysroot, dev)
-    _names_hint(sysroot)
+    listing.names_hint(sysroot)
     if as_json:
         typer.echo(document(data))
         return

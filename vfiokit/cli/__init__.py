@@ -19,11 +19,12 @@ VERBS = {
 def main(argv: list[str] | None = None) -> None:
     """The `vfiokit` entry point."""
     args = sys.argv[1:] if argv is None else list(argv)
-    from . import listing
+    if "list" in args:
+        from . import listing
 
-    code = listing.fast(args)
-    if code is not None:
-        sys.exit(code)
+        code = listing.fast(args)
+        if code is not None:
+            sys.exit(code)
     from . import typer_main
 
     typer_main.main(args)

@@ -13,8 +13,9 @@ agree, which tests/unit/test_list_fast.py checks against typer's own parse.
 from __future__ import annotations
 
 import os
+import re
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from .. import device as devmod
 from .. import names
@@ -32,12 +33,30 @@ VALUE_OPTIONS = {"--class": "klass", "--vendor": "vendor", "--driver": "driver",
                  "--group": "group"}  # fmt: skip
 FLAG_OPTIONS = {"--tree": "tree", "--json": "as_json"}
 ROOT_FLAGS = {"--debug": "debug"}
+_ANSI = re.compile(r"\033\[[;?0-9]*[a-zA-Z]")
+
+
+def echo(text: str, err: bool = False) -> None:
+    """Print a line as typer.echo (click's echo) does: escape sequences dropped unless the
+    stream is a terminal (a device name from pci.ids or the hwdb may hold one), UTF-8 where
+    the stream's own encoding cannot say it, flushed at once (a closed pipe is found here,
+    inside fast(), not at the interpreter's exit)."""
+    stream: TextIO = sys.stderr if err else sys.stdout
+    line = text + "\n"
+    if not stream.isatty():
+        line = _ANSI.sub("", line)
+    try:
+        stream.write(line)
+    except UnicodeEncodeError:
+        stream.flush()
+        stream.buffer.write(line.encode("utf-8", "replace"))
+    stream.flush()
 
 
 def names_hint(sysroot: SysRoot) -> None:
     """Say once, on stderr (never in --json stdout), why the names are blank."""
     if not names.available(sysroot):
-        print(names.MISSING_HINT, file=sys.stderr)
+        echo(names.MISSING_HINT, err=True)
 
 
 def run(klass: str | None = None, vendor: str | None = None, driver: str | None = None,
@@ -67,7 +86,7 @@ def run(klass: str | None = None, vendor: str | None = None, driver: str | None 
         _print_tree(sysroot, devices, in_use, as_json)
         return
     if as_json:
-        print(document({"devices": [
+        echo(document({"devices": [
             {**d.to_dict(), "persisted": persisted.get(d.address),
              "in_use": [u.to_dict() for u in in_use[d.address]]}
             for d in devices]}))  # fmt: skip
@@ -89,7 +108,7 @@ def run(klass: str | None = None, vendor: str | None = None, driver: str | None 
     ]
     headers = ("ADDRESS", "IDS", "CLASS", "DRIVER", "OVERRIDE", "PERSIST", "GROUP", "INTX",
                "USED BY", "NAME")  # fmt: skip
-    print(table(headers, rows))
+    echo(table(headers, rows))
 
 
 def _print_tree(sysroot: SysRoot, devices: list[devmod.PciDevice],
@@ -100,9 +119,9 @@ def _print_tree(sysroot: SysRoot, devices: list[devmod.PciDevice],
     roots = topology.build(sysroot, [d.address for d in devices])
     view = Tree(devices, in_use, intx.irq_devices(sysroot))
     if as_json:
-        print(document({"tree": [view.node_dict(r) for r in roots]}))
+        echo(document({"tree": [view.node_dict(r) for r in roots]}))
     else:
-        print(view.text(roots))
+        echo(view.text(roots))
 
 
 def parse(args: list[str]) -> dict[str, str | bool | None] | None:
@@ -153,4 +172,6 @@ def fast(args: list[str]) -> int | None:
     except BrokenPipeError:  # `vfiokit list | head`, as click handles it
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # the interpreter's final flush
         return 1
+    except KeyboardInterrupt:  # as typer: no traceback, 128 + SIGINT
+        return 130
     return 0

@@ -90,8 +90,10 @@ def main(src: str, out_json: str, out_md: str) -> None:
         lines += [
             "",
             f"Listing PCI devices (median of {listing['runs']} runs, a new process each): "
-            f"`vfiokit list` {listing['vfiokit_list_s'] * 1000:.0f} ms, "
-            f"`dpdk-devbind.py --status` {listing['dpdk_devbind_status_s'] * 1000:.0f} ms.",
+            f"`vfiokit list` {listing['vfiokit_list_s'] * 1000:.0f} ms (the venv's "
+            f"interpreter), {listing.get('vfiokit_list_system_python_s', 0) * 1000:.0f} ms "
+            f"(Debian's python3); `dpdk-devbind.py --status` "
+            f"{listing['dpdk_devbind_status_s'] * 1000:.0f} ms (Debian's python3).",
         ]
     if nvme:
         lines += ["", *nvme_table(nvme)]

@@ -842,9 +842,6 @@ class FakeSyscalls:
         except BlockingIOError:
             return 0
 
-    def eventfd_read_blocking(self, fd: int) -> int:
-        return os.eventfd_read(self._real(fd))
-
     # The raw builtins of the per-interrupt path (see Syscalls): the same models, with the
     # builtins' signatures; a closed fd raises what the builtin would.
     def raw_ioctl(self, fd: int, request: int, arg: bytearray, mutate: bool = True, /) -> int:
@@ -853,7 +850,7 @@ class FakeSyscalls:
 
     def raw_eventfd_read(self, fd: int, /) -> int:
         self._raw_check(fd)
-        return self.eventfd_read_blocking(fd)
+        return os.eventfd_read(self._real(fd))
 
     def raw_eventfd_write(self, fd: int, value: int, /) -> None:
         self._raw_check(fd)

@@ -188,7 +188,6 @@ class Syscalls(Protocol):
     def address_of(self, buf: Mmap) -> int: ...
     def eventfd(self, nonblock: bool = True) -> int: ...
     def eventfd_read(self, fd: int) -> int: ...
-    def eventfd_read_blocking(self, fd: int) -> int: ...
     def eventfd_write(self, fd: int, value: int = 1) -> None: ...
     def wait_readable(self, fds: list[int], timeout: float | None) -> list[int]: ...
     def pollable(self, fd: int) -> int: ...
@@ -280,15 +279,6 @@ class RealSyscalls:
             return os.eventfd_read(fd)
         except BlockingIOError:
             return 0
-        except OSError as exc:
-            raise error("read eventfd", exc) from exc
-        except ValueError as exc:  # a negative fd (an object already closed)
-            raise error_for("read eventfd", E.EBADF) from exc
-
-    def eventfd_read_blocking(self, fd: int) -> int:
-        """Read a blocking eventfd: sleeps in read(2) until it is signalled."""
-        try:
-            return os.eventfd_read(fd)
         except OSError as exc:
             raise error("read eventfd", exc) from exc
         except ValueError as exc:  # a negative fd (an object already closed)

@@ -87,6 +87,7 @@ static irqreturn_t vfiokit_intx_handler(int irq, void *dev_id)
 		 */
 		kdev->line_held = true;
 		kdev->line_count++;
+		WRITE_ONCE(kdev->intx_page->mask_device, 0);
 		ret = IRQ_HANDLED;
 	} else if (pci_check_and_mask_intx(pdev)) {
 		/*
@@ -97,6 +98,7 @@ static irqreturn_t vfiokit_intx_handler(int irq, void *dev_id)
 		if (!kdev->dev_masked)
 			kdev->device_count++;
 		kdev->dev_masked = true;
+		WRITE_ONCE(kdev->intx_page->mask_device, 1);
 		ret = IRQ_HANDLED;
 	}
 	if (ret == IRQ_HANDLED && !kdev->masked) {
@@ -292,6 +294,8 @@ static int vfiokit_intx_enable(struct vfiokit_pci_device *kdev,
 	kdev->enabled = true;
 	if (!kdev->exclusive)
 		pci_intx(pdev, !kdev->masked);
+	WRITE_ONCE(kdev->intx_page->mode, kdev->exclusive ?
+		   VFIOKIT_INTX_EXCLUSIVE : VFIOKIT_INTX_ADAPTIVE);
 	spin_unlock_irqrestore(&kdev->lock, flags);
 
 	if (kdev->exclusive) {
@@ -310,11 +314,23 @@ static int vfiokit_intx_enable(struct vfiokit_pci_device *kdev,
 		kdev->masked = false;
 		kdev->line_held = false;
 		kdev->dev_masked = false;
+		WRITE_ONCE(kdev->intx_page->mode, VFIOKIT_INTX_OFF);
+		WRITE_ONCE(kdev->intx_page->mask_device, 0);
 		spin_unlock_irqrestore(&kdev->lock, flags);
 		kfree(name);
 		return ret;
 	}
 	kdev->name = name;
+	/*
+	 * The mask the first interrupt will get if nobody joins or leaves: the
+	 * line's IRQD_MASK_DEVICE now that our action is on it, unless an
+	 * interrupt came meanwhile and the handler wrote what it did.
+	 */
+	spin_lock_irqsave(&kdev->lock, flags);
+	if (!kdev->masked)
+		WRITE_ONCE(kdev->intx_page->mask_device,
+			   !kdev->exclusive && irqd_mask_device(kdev->irqd));
+	spin_unlock_irqrestore(&kdev->lock, flags);
 	return 0;
 }
 
@@ -353,6 +369,8 @@ void vfiokit_intx_disable(struct vfiokit_pci_device *kdev)
 	kdev->dev_masked = false;
 	kdev->unmask_deferred = false;
 	kdev->resignal = false;
+	WRITE_ONCE(kdev->intx_page->mode, VFIOKIT_INTX_OFF);
+	WRITE_ONCE(kdev->intx_page->mask_device, 0);
 	spin_unlock_irqrestore(&kdev->lock, flags);
 
 	if (trigger)

@@ -38,9 +38,15 @@ static int vfiokit_pci_init_dev(struct vfio_device *core_vdev)
 	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
 	int ret;
 
-	ret = vfio_pci_core_init_dev(core_vdev);
+	/* First: a failed init is not followed by release_dev. */
+	ret = vfiokit_intx_page_alloc(kdev);
 	if (ret)
 		return ret;
+	ret = vfio_pci_core_init_dev(core_vdev);
+	if (ret) {
+		vfiokit_intx_page_free(kdev);
+		return ret;
+	}
 	mutex_init(&kdev->intx_lock);
 	spin_lock_init(&kdev->lock);
 	return 0;
@@ -51,6 +57,7 @@ static void vfiokit_pci_release_dev(struct vfio_device *core_vdev)
 	struct vfiokit_pci_device *kdev = to_kdev(core_vdev);
 
 	mutex_destroy(&kdev->intx_lock);
+	vfiokit_intx_page_free(kdev);
 	vfio_pci_core_release_dev(core_vdev);
 }
 
@@ -100,6 +107,11 @@ static int vfiokit_pci_open_device(struct vfio_device *core_vdev)
 	ret = vfio_pci_core_enable(vdev);
 	if (ret)
 		return ret;
+	ret = vfiokit_intx_page_register(kdev);
+	if (ret) {
+		vfio_pci_core_disable(vdev);
+		return ret;
+	}
 
 	/* From here on intx.c alone owns the device's INTx Disable bit. */
 	kdev->pci_2_3 = vdev->pci_2_3 && !nointxmask;

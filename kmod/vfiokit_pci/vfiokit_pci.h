@@ -56,6 +56,14 @@ struct vfiokit_pci_device {
 	struct virqfd *unmask_virqfd;
 	struct eventfd_ctx *trigger;
 
+	/*
+	 * User space's read-only copy of the INTx mode and mask (intx_page.c):
+	 * allocated with the device; its fields written with WRITE_ONCE()
+	 * under lock (and intx_lock for the mode), or at open before any
+	 * handler exists.
+	 */
+	struct vfiokit_intx_page *intx_page;
+
 	/* Under lock. */
 	bool masked;		/* user view: delivered, not yet unmasked */
 	bool dev_masked;	/* we set INTx Disable */
@@ -82,5 +90,8 @@ void vfiokit_intx_command_written(struct vfiokit_pci_device *kdev,
 void vfiokit_intx_restored(struct vfiokit_pci_device *kdev);
 void vfiokit_intx_state(struct vfiokit_pci_device *kdev,
 			struct vfiokit_intx_state *st);
+int vfiokit_intx_page_alloc(struct vfiokit_pci_device *kdev);
+void vfiokit_intx_page_free(struct vfiokit_pci_device *kdev);
+int vfiokit_intx_page_register(struct vfiokit_pci_device *kdev);
 
 #endif /* _VFIOKIT_PCI_H */

@@ -10,6 +10,7 @@ import gc
 import os
 import resource
 import selectors
+import struct
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from vfiokit.vfio import (
 )
 from vfiokit.vfio import uapi as U
 from vfiokit.vfio.fake import FakeSyscalls
+from vfiokit.vfio.sys import error_for
 
 BDF = "0000:00:04.0"
 
@@ -311,12 +313,13 @@ def test_intx_interrupts_unmask_between_steps_and_follow_the_policy(
     assert kernel.open_fds == 0 and dev.triggers == {}
 
 
-def test_intx_adaptive_follows_the_state(host: FakeSys) -> None:
+@pytest.mark.parametrize("page", [True, False], ids=["state page", "state feature"])
+def test_intx_adaptive_follows_the_state(host: FakeSys, page: bool) -> None:
     kernel = FakeSyscalls()
-    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    dev = kernel.add_device(BDF, group="3", vfiokit=True, state_page=page)
     with open_dev(host, kernel, "legacy") as vd:
         intx = vd.intx()
-        assert intx.vfiokit
+        assert intx.vfiokit and intx.page_mapped == page
         dev.mask_device = 0
         kernel.fire(dev, 0)
         assert intx.wait(1) == 1 and intx.state().masked
@@ -714,7 +717,7 @@ def test_unmask_buffers_are_not_shared_by_threads(host: FakeSys) -> None:
     """Thread A's state read is answered "mask at the device"; before A looks at it,
     thread B's is answered "at the line". With one shared buffer A would see B's."""
     kernel = FakeSyscalls()
-    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    dev = kernel.add_device(BDF, group="3", vfiokit=True, state_page=False)
     with open_dev(host, kernel, "legacy") as vd:
         intx = vd.intx()
         orig = kernel._ioctl_device
@@ -1092,3 +1095,139 @@ def test_hugetlb_mmap_on_this_kernel() -> None:
     else:
         assert len(m) == 4096  # Python's view: the kernel rounded the mapping up
         m.close()
+
+
+def test_state_page_unmask_makes_no_state_syscall(host: FakeSys) -> None:
+    """With vfiokit-pci's state page mapped, policy "state" reads the mask the last
+    interrupt got from memory: per unmask one ioctl at the line, no VFIO_DEVICE_FEATURE."""
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        assert intx.page_mapped
+        calls: list[int] = []
+        orig = kernel._ioctl_device
+
+        def counting(f, req, arg):  # type: ignore[no-untyped-def]
+            calls.append(req)
+            return orig(f, req, arg)
+
+        kernel._ioctl_device = counting  # type: ignore[method-assign]
+        for name in ("pread", "pwrite"):  # config space: only at the device
+            orig_rw = getattr(kernel, name)
+            monkey = (lambda f, n: lambda *a: (calls.append(n), f(*a))[1])(orig_rw, name)
+            setattr(kernel, name, monkey)
+        for _ in range(3):
+            kernel.fire(dev, 0)
+            assert intx.wait(1) == 1 and intx.unmask() == "line" and not dev.masked
+        assert calls == [U.VFIO_DEVICE_SET_IRQS] * 3
+        # A sharer arrives after an interrupt: the page keeps the mask that interrupt got
+        # (the unmask at the line, which the driver turns into whatever is in effect).
+        kernel.fire(dev, 0)
+        dev.mask_device = 1
+        assert intx.wait(1) == 1 and intx.unmask() == "line" and not dev.masked
+        kernel.fire(dev, 0)  # the next interrupt is masked at the device, and says so
+        assert intx.wait(1) == 1 and intx.unmask() == "device" and not dev.masked
+        assert intx.counts == {"line": 4, "device": 1, "kernel": 0}
+        assert U.VFIO_DEVICE_FEATURE not in calls
+
+
+def test_state_page_is_mapped_read_only_and_let_go_at_close(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    page = dev.regions[U.VFIO_PCI_NUM_REGIONS]
+    with open_dev(host, kernel, "legacy") as vd:
+        region = vd.device.find_region(U.VFIOKIT_REGION_TYPE, U.VFIOKIT_REGION_SUBTYPE_INTX_PAGE)
+        assert region is not None and not region.writable
+        with pytest.raises(VfioError) as info:
+            vd.device.sys.mmap(vd.device.fd, region.size, region.offset, True)
+        assert info.value.errno == errno.EPERM
+        with pytest.raises(VfioError):
+            vd.device.sys.pwrite(vd.device.fd, b"\x01", region.offset + 8)
+        intx = vd.intx()
+        assert page.live and not page.live[0].closed
+        assert struct.unpack_from("=III", page.live[0]) == (1, U.VFIOKIT_INTX_ADAPTIVE, 0)
+        intx.close()
+        assert all(m.closed for m in page.live)  # unmapped with the Intx, device still open
+        assert not intx.page_mapped
+        assert intx.unmask() == "line"  # as without a page: the feature, then the ioctl
+
+
+def test_state_page_of_no_known_version_is_not_used(host: FakeSys) -> None:
+    """Versions only append fields: 2 would be read as 1; 0 is no page at all."""
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    page = dev.regions[U.VFIO_PCI_NUM_REGIONS]
+    page.data[:4] = struct.pack("=I", 0)
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        assert intx.vfiokit and not intx.page_mapped
+        assert all(m.closed for m in page.live or [])
+        dev.mask_device = 1
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1 and intx.unmask() == "device"  # from the feature
+
+
+def test_intx_close_unmaps_only_its_own_page_mapping(host: FakeSys) -> None:
+    """The page's Region is the device's, shared: a mapping of it made by the user
+    outlives the Intx (a Region.close() there raised Busy on the user's live view)."""
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    page = dev.regions[U.VFIO_PCI_NUM_REGIONS]
+    with open_dev(host, kernel, "legacy") as vd:
+        region = vd.device.find_region(U.VFIOKIT_REGION_TYPE, U.VFIOKIT_REGION_SUBTYPE_INTX_PAGE)
+        assert region is not None
+        mine = region.mmap().cast("I")
+        intx = vd.intx()
+        assert intx.page_mapped and len(page.live or []) == 2
+        intx.close()
+        assert [m.closed for m in page.live or []] == [False, True]
+        assert mine[0] == 1  # still mapped, still readable
+        mine.release()
+
+
+def test_device_closed_before_its_intx(host: FakeSys) -> None:
+    """The Intx holds no buffer export of its page: the Device's close unmaps it as any
+    other mapping, and the Intx then says EBADF, typed, as for the device's fd."""
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1
+        vd.device.close()  # no Busy
+        assert not intx.page_mapped
+        with pytest.raises(VfioError) as info:
+            intx.unmask()
+        assert info.value.errno == errno.EBADF
+        intx.close()
+
+
+def test_state_page_mmap_refused_falls_back_to_the_feature(
+    host: FakeSys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = FakeSyscalls()
+    dev = kernel.add_device(BDF, group="3", vfiokit=True)
+
+    def refused(fd: int, length: int, offset: int, writable: bool = True) -> object:
+        raise error_for("mmap", errno.EPERM)
+
+    with open_dev(host, kernel, "legacy") as vd:
+        monkeypatch.setattr(kernel, "mmap", refused)
+        intx = vd.intx()
+        assert intx.vfiokit and not intx.page_mapped
+        dev.mask_device = 1
+        kernel.fire(dev, 0)
+        assert intx.wait(1) == 1 and intx.unmask() == "device"
+
+
+def test_other_policies_keep_their_unmask_after_close(host: FakeSys) -> None:
+    kernel = FakeSyscalls()
+    kernel.add_device(BDF, group="3", vfiokit=True)
+    with open_dev(host, kernel, "legacy") as vd:
+        intx = vd.intx()
+        intx.policy = "eventfd"
+        intx.close()
+        with pytest.raises(VfioError) as info:
+            intx.unmask()  # its unmask eventfd is closed
+        assert info.value.errno == errno.EBADF

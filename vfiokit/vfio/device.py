@@ -36,6 +36,9 @@ class ClosedError(VfiokitError):
     """Use of an object after close()."""
 
 
+_MmapObject = mmap.mmap  # for annotations inside Region, whose mmap() hides the module
+
+
 @dataclass(frozen=True)
 class AffectedDevice:
     """One device a hot reset hits, as VFIO_DEVICE_GET_PCI_HOT_RESET_INFO reports it.
@@ -175,6 +178,26 @@ class Region:
         m = self.device.sys.mmap(self.device.fd, size, self.offset + off, self.writable)
         self._maps.append(m)
         return memoryview(m)
+
+    def unmap(self, view: memoryview | _MmapObject) -> None:
+        """Unmap the one mapping behind `view` (from :meth:`mmap`, or its mmap object),
+        leaving the region's other mappings alone. Release every cast of the view first;
+        while one is still in use the mapping cannot go and this raises Busy."""
+        if isinstance(view, memoryview):
+            m = view.obj
+            view.release()
+        else:
+            m = view
+        if m not in self._maps:  # let go by close() already: gone with its last view
+            return
+        try:
+            m.close()
+        except BufferError as exc:
+            raise Busy(
+                f"region {self.index}: the mapping still has views in use",
+                remedy="release() the views of it before unmap()",
+            ) from exc
+        self._maps.remove(m)
 
     def mmap_array(
         self, ctype: builtins.type[Any] = ctypes.c_uint32, area: int = 0

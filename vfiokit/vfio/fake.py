@@ -44,6 +44,9 @@ class FakeRegion:
     # Called with (offset, bytes) after every pwrite of the region has been stored in
     # `data`: a device model's registers with side effects.
     on_write: Callable[[int, bytes], None] | None = None
+    # The mappings handed out of a region the kernel writes (vfiokit-pci's state page):
+    # kept so that its updates reach them, as a shared mapping of the one page would.
+    live: list[mmap.mmap] | None = None
 
 
 class IommuFault(Exception):
@@ -147,6 +150,7 @@ class FakeSyscalls:
         msi: int = 1,
         msix: int = 0,
         vfiokit: bool = False,
+        state_page: bool = True,
         sparse: list[tuple[int, int]] | None = None,
         can_reset: bool = True,
         reset_bus: str | None = None,
@@ -158,6 +162,13 @@ class FakeSyscalls:
             ),
             U.VFIO_PCI_CONFIG_REGION_INDEX: FakeRegion(rw, 256, bytearray(256)),
         }
+        if vfiokit and state_page:  # vfiokit-pci's INTx state page (read-only, mappable)
+            page = bytearray(mmap.PAGESIZE)
+            page[:4] = struct.pack("=I", 1)
+            regions[U.VFIO_PCI_NUM_REGIONS] = FakeRegion(
+                U.VFIO_REGION_INFO_FLAG_READ | U.VFIO_REGION_INFO_FLAG_MMAP, len(page), page,
+                type=(U.VFIOKIT_REGION_TYPE, U.VFIOKIT_REGION_SUBTYPE_INTX_PAGE), live=[],
+            )  # fmt: skip
         cfg = regions[U.VFIO_PCI_CONFIG_REGION_INDEX].data
         cfg[0:4] = struct.pack("<HH", 0x1234, 0x11E8)
         cfg[4:6] = struct.pack("<H", 0x0006)  # memory + bus master
@@ -192,9 +203,24 @@ class FakeSyscalls:
             if dev.masked:
                 return
             dev.masked = True
+            self._publish_page(dev)  # the handler writes how it masked
         fds = dev.triggers.get(index, [])
         if vector < len(fds) and fds[vector] >= 0:
             os.eventfd_write(fds[vector], 1)
+
+    @staticmethod
+    def _publish_page(dev: FakeDevice) -> None:
+        """vfiokit-pci's state page: mode and mask_device as the driver writes them."""
+        r = dev.regions.get(U.VFIO_PCI_NUM_REGIONS)
+        if r is None or r.live is None:
+            return
+        on = bool(dev.triggers.get(U.VFIO_PCI_INTX_IRQ_INDEX))
+        fields = struct.pack("=II", U.VFIOKIT_INTX_ADAPTIVE if on else U.VFIOKIT_INTX_OFF,
+                             dev.mask_device if on else 0)  # fmt: skip
+        r.data[4:12] = fields
+        r.live[:] = [m for m in r.live if not m.closed]
+        for m in r.live:
+            m[4:12] = fields
 
     def sysroot(self, root: str | os.PathLike[str]) -> SysRoot:
         """The least sysfs and /dev the session needs for the devices added so far, laid
@@ -742,10 +768,12 @@ class FakeSyscalls:
                 dev.triggers[hdr.index] = [self.fds[e].obj if e >= 0 else -1 for e in fds]  # type: ignore[misc]
                 if hdr.index == U.VFIO_PCI_INTX_IRQ_INDEX:
                     dev.masked = False
+                    self._publish_page(dev)
             elif hdr.count == 0:
                 dev.triggers.pop(hdr.index, None)
                 if hdr.index == U.VFIO_PCI_INTX_IRQ_INDEX:
                     dev.unmask_eventfd = -1  # vfio_intx_disable ends the virqfd too
+                    self._publish_page(dev)
             else:
                 for i in range(hdr.start, hdr.start + hdr.count):
                     fds = dev.triggers.get(hdr.index, [])
@@ -776,7 +804,7 @@ class FakeSyscalls:
         index = offset >> REGION_SHIFT
         r = dev.regions.get(index)
         off = offset & ((1 << REGION_SHIFT) - 1)
-        if r is None or off + len(data) > r.size:
+        if r is None or off + len(data) > r.size or not r.flags & U.VFIO_REGION_INFO_FLAG_WRITE:
             raise self._oserror("pwrite", E.EINVAL)
         was_disabled = bool(r.data[5] & 0x04)
         r.data[off : off + len(data)] = data
@@ -802,8 +830,12 @@ class FakeSyscalls:
             or off + length > r.size
         ):
             raise self._oserror("mmap", E.EINVAL)
+        if writable and not r.flags & U.VFIO_REGION_INFO_FLAG_WRITE:
+            raise self._oserror("mmap", E.EPERM)  # vfiokit-pci's page: PROT_WRITE refused
         m = mmap.mmap(-1, length)
         m[:] = bytes(r.data[off : off + length])
+        if r.live is not None:
+            r.live.append(m)
         return m
 
     def anon_mmap(self, length: int, page_size: int = 0) -> Mmap:

@@ -1,8 +1,9 @@
 """Interrupts of a VFIO device, delivered through eventfds.
 
 * :class:`Intx` — the legacy INTx interrupt with adaptive unmasking: after each interrupt
-  the driver handles its device, then calls :meth:`Intx.unmask`, which reads the line's
-  mask-device state (vfiokit-pci's device feature) and unmasks the way it says: at the
+  the driver handles its device, then calls :meth:`Intx.unmask`, which reads how the
+  interrupt was masked (vfiokit-pci's state page, mapped read-only: no syscall; or its
+  device feature, one ioctl, from a module without the page) and unmasks that way: at the
   device (toggle INTx Disable in the command register through the config region: set, then
   clear, which is vfio-pci's own config-space unmask) or at the line
   (``VFIO_DEVICE_SET_IRQS`` ``ACTION_UNMASK``). The kernel makes either safe if the state
@@ -19,19 +20,22 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno as E
+import mmap
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import InvalidArgument, Unsupported, VfiokitError
 from . import uapi as U
-from .device import Device
+from .device import Device, Region
 from .sys import error_for, raw_error, warn_unclosed
 
 _SET_IRQS, _FEATURE = U.VFIO_DEVICE_SET_IRQS, U.VFIO_DEVICE_FEATURE  # hot path: no lookups
 _BYTE = [bytes([i]) for i in range(256)]  # made once: the device unmask writes these
 PCI_COMMAND_HI = 5  # the command register's high byte: INTx Disable is its bit 2
 INTX_DISABLE_HI = 0x04
+# The byte of mask_device (0 or 1) that holds its value: the low one, little-endian.
+_PAGE_MASK_DEVICE = U.vfiokit_intx_page.mask_device.offset
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,12 @@ class Intx(_EventfdWaiter):
         _check_policy(policy)
         self._policy = policy
         self._ufd = -1  # the unmask eventfd, once policy "eventfd" armed it
+        # vfiokit-pci's state page, mapped read-only: policy "state" reads the mask the
+        # last interrupt got from memory, no syscall (None: a module without the page).
+        # The mmap object itself, indexed per unmask: no buffer export, so a Device.close()
+        # before this Intx's can still unmap it (a read then raises EBADF).
+        self._page_region: Region | None = None
+        self._page: mmap.mmap | None = None
         sys = device.sys
         # Blocking: wait() with no time-out is then one read(2), no poll first.
         self.efds = [sys.eventfd(nonblock=False)]
@@ -207,6 +217,8 @@ class Intx(_EventfdWaiter):
         self._mask_device_at = hdr + U.vfiokit_intx_state.mask_device.offset
         self._cmd_hi_offset = device.config.offset + PCI_COMMAND_HI
         self.vfiokit = self._probe_vfiokit()
+        if self.vfiokit:
+            self._map_page(device)
         self._n_line = self._n_device = self._n_eventfd = 0
         # A list, not an int attribute: interrupts() counts in it per interrupt, and a
         # list item's update is far cheaper than a store to an instance attribute
@@ -240,6 +252,8 @@ class Intx(_EventfdWaiter):
         self._hot[1] = 0  # 1: interrupts() makes the unmask ioctl itself
         if value == "eventfd":
             self.unmask = self._unmask_eventfd  # type: ignore[method-assign]
+        elif value == "state" and self._page is not None:
+            self.unmask = self._unmask_page  # type: ignore[method-assign]
         elif value == "state" and self.vfiokit:
             self.unmask = self._unmask_state  # type: ignore[method-assign]
         else:
@@ -283,6 +297,28 @@ class Intx(_EventfdWaiter):
         tls = self._tls
         tls.args = bytearray(self._state_template), bytearray(self._unmask_template)
         return tls.args  # type: ignore[no-any-return]
+
+    def _map_page(self, device: Device) -> None:
+        region = device.find_region(U.VFIOKIT_REGION_TYPE, U.VFIOKIT_REGION_SUBTYPE_INTX_PAGE)
+        if region is None:
+            return
+        try:
+            view = region.mmap()
+        except VfiokitError:  # a sandbox or an older module refusing it: the feature works
+            return
+        page = view.obj
+        view.release()
+        assert isinstance(page, mmap.mmap)
+        if int.from_bytes(page[0:4], "little") < 1:  # versions only append fields
+            region.unmap(page)
+            return
+        self._page_region, self._page = region, page
+
+    @property
+    def page_mapped(self) -> bool:
+        """Whether policy "state" reads vfiokit-pci's state page (no syscall) rather than
+        its state feature (one ioctl) before each unmask."""
+        return self._page is not None and not self._page.closed
 
     def _probe_vfiokit(self) -> bool:
         try:
@@ -362,8 +398,7 @@ class Intx(_EventfdWaiter):
         return self._unmask_kernel()
 
     def _unmask_state(self) -> str:
-        dev = self.device
-        sys, fd = dev.sys, dev.fd
+        fd = self.device.fd
         try:
             arg, unmask = self._tls.args
         except AttributeError:
@@ -371,17 +406,40 @@ class Intx(_EventfdWaiter):
         ioctl = self._ioctl
         ioctl(fd, _FEATURE, arg)
         if arg[self._mask_device_at]:
-            # A write of COMMAND unmasks only where the user's INTx Disable changes
-            # (vfio-pci's rule): set it, then clear it, around the byte as it is now.
-            off = self._cmd_hi_offset
-            hi = sys.pread(fd, 1, off)[0] & ~INTX_DISABLE_HI
-            sys.pwrite(fd, _BYTE[hi | INTX_DISABLE_HI], off)
-            sys.pwrite(fd, _BYTE[hi], off)
-            self._n_device += 1
-            return "device"
+            return self._unmask_device()
         ioctl(fd, _SET_IRQS, unmask)
         self._n_line += 1
         return "line"
+
+    def _unmask_page(self) -> str:
+        """Policy "state" with the state page: the mask the last interrupt got, read from
+        memory. A stale value (a sharer came or went since) is safe: both unmasks undo
+        whichever mask is in effect."""
+        try:
+            at_device = self._page[_PAGE_MASK_DEVICE]  # type: ignore[index]
+        except ValueError as exc:  # unmapped: this Intx or its Device closed meanwhile
+            raise error_for("read vfiokit-pci's state page", E.EBADF) from exc
+        if at_device:
+            return self._unmask_device()
+        try:
+            self._raw_ioctl(self.device.fd, _SET_IRQS, self._unmask_arg, True)
+        except VfiokitError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise raw_error("VFIO_DEVICE_SET_IRQS", exc) from exc
+        self._n_line += 1
+        return "line"
+
+    def _unmask_device(self) -> str:
+        # A write of COMMAND unmasks only where the user's INTx Disable changes (vfio-pci's
+        # rule): set it, then clear it, around the byte as it is now.
+        dev = self.device
+        sys, fd, off = dev.sys, dev.fd, self._cmd_hi_offset
+        hi = sys.pread(fd, 1, off)[0] & ~INTX_DISABLE_HI
+        sys.pwrite(fd, _BYTE[hi | INTX_DISABLE_HI], off)
+        sys.pwrite(fd, _BYTE[hi], off)
+        self._n_device += 1
+        return "device"
 
     def _unmask_eventfd(self) -> str:
         try:
@@ -431,6 +489,15 @@ class Intx(_EventfdWaiter):
         self._efd = self._hot[0] = -1
         self._hot[1] = 0
         first = super()._release(disarm)  # disabling INTx also ends the unmask eventfd's use
+        if self._page is not None and self._page_region is not None:
+            if self.unmask == self._unmask_page:
+                self.unmask = self._unmask_state  # type: ignore[method-assign]  # as without
+            try:
+                # This Intx's mapping only: the Region is the device's, shared. The closed
+                # mmap stays referenced: a racing unmask gets EBADF, not a TypeError.
+                self._page_region.unmap(self._page)
+            except BaseException as exc:
+                first = first or exc
         if self._ufd >= 0:
             ufd, self._ufd = self._ufd, -1
             try:

@@ -138,6 +138,10 @@ VFIO_PCI_REQ_IRQ_INDEX = 4
 # vfiokit-pci's private device feature (kmod/vfiokit_pci/vfiokit_pci_uapi.h).
 VFIOKIT_DEVICE_FEATURE_INTX_STATE = 0xFA00
 VFIOKIT_INTX_OFF, VFIOKIT_INTX_ADAPTIVE, VFIOKIT_INTX_EXCLUSIVE = 0, 1, 2
+# vfiokit-pci's INTx state page: a device-specific region of this type (a PCI vendor type
+# with vendor ID 0xffff, which no vendor holds), mapped read-only (struct vfiokit_intx_page).
+VFIOKIT_REGION_TYPE = 0x80000000 | 0xFFFF
+VFIOKIT_REGION_SUBTYPE_INTX_PAGE = 1
 
 
 class _S(C.Structure):
@@ -375,6 +379,15 @@ class vfiokit_intx_state(_S):
         ("reserved", C.c_uint32),
         ("line_count", C.c_uint64),
         ("device_count", C.c_uint64),
+    ]
+
+
+class vfiokit_intx_page(_S):
+    _fields_ = [
+        ("version", C.c_uint32),
+        ("mode", C.c_uint32),
+        ("mask_device", C.c_uint32),
+        ("reserved", C.c_uint32),
     ]
 
 

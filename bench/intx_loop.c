@@ -5,8 +5,10 @@
  *
  *   intx_loop BDF GROUP SECONDS MODE
  *     MODE ioctl: raise, read eventfd, ack, SET_IRQS UNMASK
- *     MODE state: raise, read eventfd, ack, vfiokit-pci state feature, then unmask at the
- *                 device (command register high byte) or at the line (SET_IRQS UNMASK)
+ *     MODE state: raise, read eventfd, ack, vfiokit-pci's state (its state page, mapped
+ *                 once: no syscall; the state feature ioctl where the module has no page),
+ *                 then unmask at the device (command register high byte) or at the line
+ *                 (SET_IRQS UNMASK)
  *
  * Prints one line: rounds seconds line_unmasks device_unmasks p50_us p99_us
  * (latency of one whole round trip, raise to unmask).
@@ -24,6 +26,8 @@
 #include <unistd.h>
 
 #define FEATURE_INTX_STATE 0xfa00
+#define PAGE_TYPE (0x80000000u | 0xffff)	/* vfiokit_pci_uapi.h: VFIOKIT_REGION_TYPE */
+#define PAGE_SUBTYPE 1
 
 static double now(void)
 {
@@ -46,6 +50,40 @@ static void die(const char *what)
 	exit(1);
 }
 
+/* vfiokit-pci's state page, mapped read-only; NULL if the device has none. */
+static volatile uint32_t *map_state_page(int dev)
+{
+	struct vfio_device_info info = { .argsz = sizeof(info) };
+	unsigned int i;
+
+	if (ioctl(dev, VFIO_DEVICE_GET_INFO, &info))
+		die("device info");
+	for (i = VFIO_PCI_NUM_REGIONS; i < info.num_regions; i++) {
+		union { struct vfio_region_info r; char buf[256]; } u = { 0 };
+		struct vfio_info_cap_header *cap;
+		uint32_t off;
+		void *page;
+
+		u.r.argsz = sizeof(u);
+		u.r.index = i;
+		if (ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &u) || !(u.r.flags & VFIO_REGION_INFO_FLAG_CAPS))
+			continue;
+		for (off = u.r.cap_offset; off && off + sizeof(*cap) <= sizeof(u); off = cap->next) {
+			struct vfio_region_info_cap_type *t = (void *)(u.buf + off);
+
+			cap = &t->header;
+			if (cap->id != VFIO_REGION_INFO_CAP_TYPE || t->type != PAGE_TYPE ||
+			    t->subtype != PAGE_SUBTYPE)
+				continue;
+			page = mmap(NULL, u.r.size, PROT_READ, MAP_SHARED, dev, u.r.offset);
+			if (page == MAP_FAILED)
+				die("mmap state page");
+			return page;
+		}
+	}
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	char path[64];
@@ -57,7 +95,7 @@ int main(int argc, char **argv)
 	struct vfio_irq_set unmask = { .argsz = sizeof(unmask), .index = 0, .start = 0, .count = 1,
 		.flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK };
 	struct { struct vfio_device_feature h; uint32_t s[8]; uint64_t c[2]; } feat;
-	volatile uint32_t *regs;
+	volatile uint32_t *regs, *page = NULL;
 	unsigned char cmd_hi, cmd_hi_set;
 	uint64_t val, rounds = 0, line = 0, device = 0;
 	double start, end, t0, *lat;
@@ -101,6 +139,8 @@ int main(int argc, char **argv)
 	memset(&feat, 0, sizeof(feat));
 	feat.h.argsz = sizeof(feat);
 	feat.h.flags = VFIO_DEVICE_FEATURE_GET | FEATURE_INTX_STATE;
+	if (state_mode)
+		page = map_state_page(dev);
 
 	start = now();
 	end = start + atof(argv[3]);
@@ -111,7 +151,9 @@ int main(int argc, char **argv)
 			die("read eventfd");
 		regs[0x64 / 4] = 1;
 		if (state_mode) {
-			if (ioctl(dev, VFIO_DEVICE_FEATURE, &feat))
+			if (page)
+				feat.s[3] = page[2];	/* struct vfiokit_intx_page.mask_device */
+			else if (ioctl(dev, VFIO_DEVICE_FEATURE, &feat))
 				die("feature");
 			if (feat.s[3]) {	/* mask_device */
 				/* toggle INTx Disable: set, then clear */

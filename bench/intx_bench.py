@@ -112,7 +112,7 @@ def _burst(kind: str, intx: Intx, fd: int, view: memoryview, seconds: float) -> 
     return n / took
 
 
-def floor_comparison(bdf: str, rounds: int = 24, seconds: float = 0.25) -> dict[str, float]:
+def floor_comparison(bdf: str, rounds: int = 60, seconds: float = 0.25) -> dict[str, float]:
     """The API against the stdlib-only loop on the same fds, in short bursts taking turns
     (stdlib, calls, iter, stdlib, ...): the guest's speed under TCG jumps between two
     levels about 2x apart every few seconds, for every loop alike, so only runs made side

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 
 import pytest
 
@@ -311,6 +312,62 @@ def test_intx_interrupts_unmask_between_steps_and_follow_the_policy(
             next(intx.interrupts())
         assert info.value.errno == errno.EBADF and info.value.op == "read eventfd"
     assert kernel.open_fds == 0 and dev.triggers == {}
+
+
+def _step(kernel: FakeSyscalls, dev: object, steps: Iterator[int]) -> int:
+    """One step of a paused interrupts() loop: it unmasks, then waits for the next raise."""
+    timer = fire_once_unmasked(kernel, dev)
+    n = next(steps)
+    timer.join()
+    return n
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_intx_interrupts_count_their_unmasks_live_and_after_they_end(
+    host: FakeSys, kernel: FakeSyscalls, backend: str
+) -> None:
+    dev = kernel.devices[BDF]
+    with open_dev(host, kernel, backend) as vd:
+        intx = vd.intx("kernel")
+        first = intx.interrupts()
+        kernel.fire(dev, 0)
+        assert next(first) == 1
+        _step(kernel, dev, first)
+        _step(kernel, dev, first)
+        assert intx.counts["kernel"] == 2 == dev.unmask_ioctls  # read from the paused loop
+        intx.unmask()
+        second = intx.interrupts()
+        kernel.fire(dev, 0)
+        assert next(second) == 1
+        _step(kernel, dev, second)
+        assert intx.counts["kernel"] == 4 == dev.unmask_ioctls  # both loops and unmask()
+        first.close()  # ended: its count moves into the Intx's, not lost nor doubled
+        assert intx.counts["kernel"] == 4
+        del second  # a loop dropped unclosed ends the same way
+        gc.collect()
+        assert intx.counts["kernel"] == 4
+        intx.unmask()
+        assert intx.counts == {"line": 0, "device": 0, "kernel": 5} and dev.unmask_ioctls == 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_intx_interrupts_stop_when_the_device_closes_first(
+    host: FakeSys, kernel: FakeSyscalls, backend: str
+) -> None:
+    """The loop holds the device fd's number: Device.close() (before the Intx's) must take
+    it off its fast path, or its next step would unmask through a closed, maybe reused, fd."""
+    dev = kernel.devices[BDF]
+    with open_dev(host, kernel, backend) as vd:
+        intx = vd.intx("kernel")
+        steps = intx.interrupts()
+        kernel.fire(dev, 0)
+        assert next(steps) == 1
+        vd.device.close()
+        with pytest.raises(VfioError) as info:
+            next(steps)
+        assert info.value.errno == errno.EBADF and info.value.op == "interrupts() after close"
+        assert dev.unmask_ioctls == 0
+        intx.close()
 
 
 @pytest.mark.parametrize("page", [True, False], ids=["state page", "state feature"])

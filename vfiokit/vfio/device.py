@@ -7,9 +7,10 @@ import ctypes
 import errno as E
 import mmap
 import struct
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .. import pciconfig
 from ..errors import Busy, InvalidArgument, Unsupported, VfiokitError
@@ -230,6 +231,11 @@ class Region:
             )
 
 
+class _FdUser(Protocol):
+    def device_closing(self) -> None:
+        """The device fd closes next: stop using its number."""
+
+
 class Device:
     """An open VFIO device fd (from a group or a cdev).
 
@@ -242,6 +248,9 @@ class Device:
         self.fd = fd
         self.address = address
         self._regions: dict[int, Region] = {}
+        # Objects holding this fd's number for a fast path (an Intx's interrupts() loop):
+        # told before the fd closes, so they never use the number once it can be reused.
+        self._fd_users: weakref.WeakSet[_FdUser] = weakref.WeakSet()
         try:
             info = U.vfio_device_info.new().to_bytes()
             sys.ioctl(fd, U.VFIO_DEVICE_GET_INFO, info)
@@ -473,6 +482,8 @@ class Device:
         """
         if self.fd < 0:
             return
+        for user in list(self._fd_users):
+            user.device_closing()
         fd, self.fd = self.fd, -1
         first: BaseException | None = None
         for r in self._regions.values():

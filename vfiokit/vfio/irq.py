@@ -22,8 +22,10 @@ import ctypes
 import errno as E
 import mmap
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from types import FrameType
 
 from ..errors import InvalidArgument, Unsupported, VfiokitError
 from . import uapi as U
@@ -175,10 +177,14 @@ class Intx(_EventfdWaiter):
         # Blocking: wait() with no time-out is then one read(2), no poll first.
         self.efds = [sys.eventfd(nonblock=False)]
         self._efd = self.efds[0]
-        # What interrupts() re-reads per interrupt, in a list (an item is far cheaper to
-        # read than an instance attribute under TCG): the eventfd (-1 once closed) and
-        # whether the unmask is the plain ioctl (1, set with the policy).
-        self._hot: list[int] = [self._efd, 0]
+        # Non-empty while interrupts() may unmask with the plain ioctl on the fds it holds:
+        # policy "kernel", this Intx and its Device open. Emptied by the policy setter,
+        # _release() and the Device's close (device_closing()), so a paused loop never
+        # uses an fd number after its close. A list: its truth test is the cheapest check
+        # per interrupt (docs/benchmarks.md).
+        self._armed: list[int] = []
+        # The interrupts() loops made so far (weakly): counts adds their own unmasks.
+        self._loops: weakref.WeakSet[Generator[int, None, None]] = weakref.WeakSet()
         try:
             device.set_irqs(
                 U.VFIO_PCI_INTX_IRQ_INDEX,
@@ -219,11 +225,7 @@ class Intx(_EventfdWaiter):
         self.vfiokit = self._probe_vfiokit()
         if self.vfiokit:
             self._map_page(device)
-        self._n_line = self._n_device = self._n_eventfd = 0
-        # A list, not an int attribute: interrupts() counts in it per interrupt, and a
-        # list item's update is far cheaper than a store to an instance attribute
-        # (measured: the store cost the generator a sixth of its round trips under TCG).
-        self._n_kernel = [0]
+        self._n_line = self._n_device = self._n_eventfd = self._n_kernel = 0
         sys = device.sys
         self._ioctl = sys.ioctl  # bound once: the per-interrupt path looks up less
         # The per-interrupt path calls the raw builtins (no frame of the syscall layer) and
@@ -233,6 +235,7 @@ class Intx(_EventfdWaiter):
         self._raw_write = sys.raw_eventfd_write
         self._unmask_arg = bytearray(self._unmask_template)
         self.policy = policy  # after the trigger is armed: "eventfd" needs INTx enabled
+        device._fd_users.add(self)
 
     @property
     def policy(self) -> str:
@@ -249,7 +252,7 @@ class Intx(_EventfdWaiter):
             self._arm_unmask_eventfd()
         self._policy = value
         # The unmask path is chosen here, once, not tested on every interrupt.
-        self._hot[1] = 0  # 1: interrupts() makes the unmask ioctl itself
+        self._armed.clear()  # refilled below for "kernel" while everything is open
         if value == "eventfd":
             self.unmask = self._unmask_eventfd  # type: ignore[method-assign]
         elif value == "state" and self._page is not None:
@@ -258,7 +261,12 @@ class Intx(_EventfdWaiter):
             self.unmask = self._unmask_state  # type: ignore[method-assign]
         else:
             self.unmask = self._unmask_kernel  # type: ignore[method-assign]
-            self._hot[1] = 1 if self._hot[0] >= 0 else 0  # never the fast path once closed
+            if self._efd >= 0 and self.device.fd >= 0:  # never the fast path once closed
+                self._armed.append(1)
+
+    def device_closing(self) -> None:
+        """The Device's fd closes next: paused interrupts() loops leave their fast path."""
+        self._armed.clear()
 
     def _arm_unmask_eventfd(self) -> None:
         """VFIO_IRQ_SET_ACTION_UNMASK | DATA_EVENTFD: the kernel unmasks INTx whenever
@@ -282,7 +290,12 @@ class Intx(_EventfdWaiter):
     def counts(self) -> dict[str, int]:
         """Unmasks so far by how: "line", "device", "kernel" (and "eventfd" once that
         policy was chosen). A snapshot: plain int counters on the per-interrupt path."""
-        out = {"line": self._n_line, "device": self._n_device, "kernel": self._n_kernel[0]}
+        kernel = self._n_kernel
+        for loop in list(self._loops):  # a loop adds its own count here when it ends
+            frame: FrameType | None = getattr(loop, "gi_frame", None)  # None once ended
+            if frame is not None:
+                kernel += frame.f_locals.get("k", 0)
+        out = {"line": self._n_line, "device": self._n_device, "kernel": kernel}
         if self._ufd >= 0 or self._n_eventfd:
             out["eventfd"] = self._n_eventfd
         return out
@@ -366,28 +379,44 @@ class Intx(_EventfdWaiter):
         instead of two method calls (under policy "kernel" the unmask is the ioctl itself;
         see docs/benchmarks.md); errors are typed as everywhere else.
         """
-        read, ioctl, arg, dev = self._raw_read, self._raw_ioctl, self._unmask_arg, self.device
-        n_kernel, hot = self._n_kernel, self._hot
-        while True:
-            try:
-                n = read(hot[0])
-            except VfiokitError:
-                raise
-            except (OSError, ValueError) as exc:
-                raise raw_error("read eventfd", exc) from exc
-            yield n
-            if not hot[1]:  # another policy, or this Intx closed meanwhile (_release)
-                if hot[0] < 0:
-                    raise error_for("interrupts() after close", E.EBADF)
-                self.unmask()
-                continue
-            try:
-                ioctl(dev.fd, _SET_IRQS, arg, True)
-            except VfiokitError:
-                raise
-            except (OSError, ValueError) as exc:
-                raise raw_error("VFIO_DEVICE_SET_IRQS", exc) from exc
-            n_kernel[0] += 1
+        loop = self._loop()
+        self._loops.add(loop)
+        return loop
+
+    def _loop(self) -> Generator[int, None, None]:
+        # Everything per interrupt is in locals: under TCG each bytecode costs tens of
+        # nanoseconds and shows in the round trip (docs/benchmarks.md). The fds are read
+        # once, here: `armed` goes empty before either is closed, and the loop checks it
+        # before every use after the first. The count of its own unmasks is a local too,
+        # which `counts` reads from the paused frame (an attribute's or a list item's
+        # update per interrupt cost 3-4% of the round trips), folded in when the loop ends.
+        read, ioctl, arg, armed = self._raw_read, self._raw_ioctl, self._unmask_arg, self._armed
+        efd, fd, req = self._efd, self.device.fd, _SET_IRQS
+        k = 0
+        try:
+            while True:
+                try:
+                    n = read(efd)
+                except VfiokitError:
+                    raise
+                except (OSError, ValueError) as exc:
+                    raise raw_error("read eventfd", exc) from exc
+                yield n
+                if not armed:  # another policy, or this Intx or its Device closed meanwhile
+                    if self._efd < 0 or self.device.fd < 0:
+                        raise error_for("interrupts() after close", E.EBADF)
+                    self.unmask()
+                    continue
+                try:
+                    ioctl(fd, req, arg, True)
+                except VfiokitError:
+                    raise
+                except (OSError, ValueError) as exc:
+                    raise raw_error("VFIO_DEVICE_SET_IRQS", exc) from exc
+                k += 1
+        finally:
+            self._n_kernel += k
+            k = 0  # counts may still see this frame until it is gone
 
     def unmask(self) -> str:
         """Unmask after handling the device; returns how: "line", "device", "kernel" or
@@ -458,7 +487,7 @@ class Intx(_EventfdWaiter):
             raise
         except (OSError, ValueError) as exc:
             raise raw_error("VFIO_DEVICE_SET_IRQS", exc) from exc
-        self._n_kernel[0] += 1
+        self._n_kernel += 1
         return "kernel"
 
     def mask(self) -> None:
@@ -485,9 +514,9 @@ class Intx(_EventfdWaiter):
 
     def _release(self, disarm: bool = True) -> BaseException | None:
         # wait() after close: EBADF, not a reused fd number; a paused interrupts() loop
-        # takes its slow path (hot[1] = 0) and stops there, before any unmask.
-        self._efd = self._hot[0] = -1
-        self._hot[1] = 0
+        # takes its slow path (armed empty) and stops there, before any unmask.
+        self._efd = -1
+        self._armed.clear()
         first = super()._release(disarm)  # disabling INTx also ends the unmask eventfd's use
         if self._page is not None and self._page_region is not None:
             if self.unmask == self._unmask_page:

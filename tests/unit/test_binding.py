@@ -226,3 +226,33 @@ def test_keep_override_for_persisted_binds(fake: FakeSys, tmp_path) -> None:
     assert override.read_text() == "vfio-pci\n"
     b.restore()
     assert override.read_text() == "(null)\n"
+
+
+def test_uio_takes_only_the_device_named_and_restores_it(fake: FakeSys, tmp_path) -> None:
+    """uio_pci_generic knows no IOMMU groups: the group's other members stay where they
+    are, and a device without a group at all can be taken."""
+    setup_group(fake)
+    fake.add_pci("0000:00:06.0", vendor=0x1234, device=0x11E8, class_code=0xFF0000,
+                 driver="edu")  # fmt: skip
+    (fake.root / "sys/bus/pci/drivers/uio_pci_generic").mkdir(parents=True, exist_ok=True)
+    before = drivers(fake)
+    b = binder(fake, tmp_path, FakeSysfsKernel(fake))
+    plan = plan_bind(b.sysroot, ["02:00.0", "00:06.0"], "uio_pci_generic", host=IDLE)
+    assert [(s.address, s.driver) for s in plan.steps] == [
+        ("0000:02:00.0", "e1000e"), ("0000:00:06.0", "edu")]  # fmt: skip
+    assert b.bind(plan) == ["0000:02:00.0", "0000:00:06.0"]
+    after = drivers(fake)
+    assert after["0000:02:00.0"] == after["0000:00:06.0"] == "uio_pci_generic"
+    assert after["0000:00:1b.0"] == "snd_hda_intel"  # its group mate: untouched
+    again = plan_bind(b.sysroot, ["00:06.0"], "uio_pci_generic", host=IDLE)
+    assert again.steps == []
+    assert again.skipped == [("0000:00:06.0", "already bound to uio_pci_generic")]
+    assert sorted(b.restore()) == ["0000:00:06.0", "0000:02:00.0"]
+    assert drivers(fake) == before
+
+
+def test_unknown_driver_is_refused(fake: FakeSys) -> None:
+    setup_group(fake)
+    with pytest.raises(Unsupported) as info:
+        plan_bind(SysRoot(fake.root), ["02:00.0"], "igb_uio", host=IDLE)
+    assert "uio_pci_generic" in (info.value.remedy or "")

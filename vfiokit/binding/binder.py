@@ -27,8 +27,11 @@ from .inuse import HostState, InUse, Use
 from .journal import Entry, Journal
 from .nodes import NodeOps, RealNodeOps, apply_states, node_states, vfio_nodes
 
-DRIVERS = ("vfiokit-pci", "vfio-pci")
-_MODULES = {"vfiokit-pci": "vfiokit_pci", "vfio-pci": "vfio-pci"}
+# uio_pci_generic: no IOMMU group needed, and none isolates the device's DMA: the in-tree
+# user of adaptive INTx masking beside VFIO (docs/binding.md, vfiokit.uio).
+UIO = "uio_pci_generic"
+DRIVERS = ("vfiokit-pci", "vfio-pci", UIO)
+_MODULES = {"vfiokit-pci": "vfiokit_pci", "vfio-pci": "vfio-pci", UIO: "uio_pci_generic"}
 
 
 class Writer(Protocol):
@@ -102,6 +105,16 @@ def plan_bind(sysroot: SysRoot, addresses: list[str], driver: str | None = None,
     wanted = [devmod.resolve(sysroot, a) for a in addresses]
     inuse = InUse(sysroot, host)
     plan = Plan(target, wanted)
+    if target == UIO:  # the devices named, nothing else: uio knows no IOMMU groups
+        for addr in dict.fromkeys(wanted):
+            dev = devmod.read_device(sysroot, addr)
+            if dev.driver == target:
+                plan.skipped.append((addr, f"already bound to {target}"))
+                continue
+            plan.uses.extend(inuse.of(dev))
+            plan.steps.append(Step(addr, dev.driver, dev.driver_override, "requested",
+                                   dev.sriov_numvfs or None))  # fmt: skip
+        return plan
     seen: set[str] = set()
     for addr in wanted:
         dev = devmod.read_device(sysroot, addr)
@@ -240,6 +253,10 @@ class Binder:
     def _nodes(self, plan: Plan) -> list[str]:
         """The nodes udev/devtmpfs must create: each group's, and each moved device's VFIO
         cdev where the kernel has them (iommufd)."""
+        if plan.target == UIO:
+            pci = "/sys/bus/pci/devices"
+            uio = [self.sysroot.listdir(f"{pci}/{s.address}/uio") for s in plan.steps]
+            return [f"/dev/{n}" for names in uio for n in names]
         nodes = [f"/dev/vfio/{g}" for g in sorted(set(plan.groups.values()))]
         for step in plan.steps:
             for cdev in self.sysroot.listdir(f"/sys/bus/pci/devices/{step.address}/vfio-dev"):

@@ -29,7 +29,9 @@ def bind_cmd(
     driver: Annotated[
         str | None,
         typer.Option(
-            metavar="DRIVER", help="vfiokit-pci or vfio-pci (default: vfiokit-pci if present)."
+            metavar="DRIVER",
+            help="vfiokit-pci, vfio-pci or uio_pci_generic (no IOMMU isolation; default: "
+            "vfiokit-pci if present).",
         ),
     ] = None,
     dry_run: Annotated[

@@ -10,9 +10,17 @@
  *                 then unmask at the device (command register high byte) or at the line
  *                 (SET_IRQS UNMASK)
  *
+ *   intx_loop BDF - SECONDS uio
+ *     a device bound to uio_pci_generic (series patch 0005): raise, read /dev/uioN, ack,
+ *     write 1 to /dev/uioN (irqcontrol: the kernel unmasks the line or the device)
+ *   intx_loop BDF - SECONDS uio-config
+ *     the stock uio_pci_generic protocol: raise, read /dev/uioN, ack, clear INTx Disable
+ *     through sysfs config (read COMMAND's high byte, write it back without the bit)
+ *
  * Prints one line: rounds seconds line_unmasks device_unmasks p50_us p99_us
  * (latency of one whole round trip, raise to unmask).
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/vfio.h>
 #include <stdint.h>
@@ -84,6 +92,79 @@ static volatile uint32_t *map_state_page(int dev)
 	return NULL;
 }
 
+static void report(uint64_t rounds, double took, uint64_t line, uint64_t device,
+		   double *lat, size_t cap)
+{
+	size_t n = rounds < cap ? rounds : cap;
+
+	qsort(lat, n, sizeof(*lat), cmp);
+	printf("%llu %.6f %llu %llu %.2f %.2f\n", (unsigned long long)rounds, took,
+	       (unsigned long long)line, (unsigned long long)device, lat[n / 2], lat[n * 99 / 100]);
+}
+
+/*
+ * The uio_pci_generic loop: the syscalls vfiokit.uio's "kernel" policy makes, or (config)
+ * those of its "state" policy on a shared line, the stock protocol.
+ */
+static int uio_loop(const char *bdf, double seconds, int config, double *lat, size_t cap)
+{
+	char path[300];
+	struct dirent *d;
+	DIR *dir;
+	int fd = -1, cfg = -1;
+	unsigned char hi;
+	int32_t on = 1;
+	uint32_t count;
+	uint64_t rounds = 0;
+	volatile uint32_t *regs;
+	double start, end, t0;
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/uio", bdf);
+	dir = opendir(path);
+	if (!dir)
+		die("no uio device (bound to uio_pci_generic?)");
+	while ((d = readdir(dir)))
+		if (!strncmp(d->d_name, "uio", 3)) {
+			snprintf(path, sizeof(path), "/dev/%s", d->d_name);
+			fd = open(path, O_RDWR);
+			break;
+		}
+	closedir(dir);
+	if (fd < 0)
+		die("open /dev/uioN");
+	regs = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);	/* map0 */
+	if (regs == MAP_FAILED)
+		die("mmap map0");
+	if (write(fd, &on, sizeof(on)) != sizeof(on))
+		die("irqcontrol");
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/config", bdf);
+	if (config && (cfg = open(path, O_RDWR)) < 0)
+		die("open config");
+	start = now();
+	end = start + seconds;
+	while (now() < end) {
+		t0 = now();
+		regs[0x60 / 4] = 1;
+		if (read(fd, &count, sizeof(count)) != sizeof(count))
+			die("read /dev/uioN");
+		regs[0x64 / 4] = 1;
+		if (config) {
+			if (pread(cfg, &hi, 1, 5) != 1)
+				die("pread config");
+			hi &= ~0x04;
+			if (pwrite(cfg, &hi, 1, 5) != 1)
+				die("pwrite config");
+		} else if (write(fd, &on, sizeof(on)) != sizeof(on)) {
+			die("irqcontrol");
+		}
+		if (rounds < cap)
+			lat[rounds] = (now() - t0) * 1e6;
+		rounds++;
+	}
+	report(rounds, now() - start, 0, 0, lat, cap);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	char path[64];
@@ -102,11 +183,14 @@ int main(int argc, char **argv)
 	size_t cap = 4 << 20;
 
 	if (argc != 5)
-		return fprintf(stderr, "usage: %s BDF GROUP SECONDS ioctl|state\n", argv[0]), 2;
+		return fprintf(stderr, "usage: %s BDF GROUP|- SECONDS ioctl|state|uio|uio-config\n",
+			       argv[0]), 2;
 	state_mode = !strcmp(argv[4], "state");
 	lat = malloc(cap * sizeof(*lat));
 	if (!lat)
 		die("malloc");
+	if (!strncmp(argv[4], "uio", 3))
+		return uio_loop(argv[1], atof(argv[3]), !strcmp(argv[4], "uio-config"), lat, cap);
 	container = open("/dev/vfio/vfio", O_RDWR);
 	snprintf(path, sizeof(path), "/dev/vfio/%s", argv[2]);
 	group = open(path, O_RDWR);
@@ -173,10 +257,6 @@ int main(int argc, char **argv)
 			lat[rounds] = (now() - t0) * 1e6;
 		rounds++;
 	}
-	end = now() - start;
-	qsort(lat, rounds < cap ? rounds : cap, sizeof(*lat), cmp);
-	printf("%llu %.6f %llu %llu %.2f %.2f\n", (unsigned long long)rounds, end,
-	       (unsigned long long)line, (unsigned long long)device,
-	       lat[(rounds < cap ? rounds : cap) / 2], lat[(rounds < cap ? rounds : cap) * 99 / 100]);
+	report(rounds, now() - start, line, device, lat, cap);
 	return 0;
 }

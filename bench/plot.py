@@ -23,7 +23,7 @@ def main(src: str, out_png: str) -> None:
     p50 = [c["c"]["p50_us"] for c in cases]
     p99 = [c["c"]["p99_us"] for c in cases]
     x = range(len(cases))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 9), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(13, 0.8 * len(cases)), 9), sharex=True)
     w = 0.38
     top.bar([i - w / 2 for i in x], c_rate, w, label="C loop")
     top.bar([i + w / 2 for i in x], py_rate, w, label="Python driver")
@@ -39,7 +39,7 @@ def main(src: str, out_png: str) -> None:
     bottom.bar([i + w / 2 for i in x], p99, w, label="p99")
     bottom.set_ylabel("C loop latency (µs)")
     bottom.legend()
-    bottom.set_xticks(list(x), names, fontsize=8)
+    bottom.set_xticks(list(x), names, fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
 

@@ -48,6 +48,44 @@ def nvme_table(r: dict) -> list[str]:
     return lines
 
 
+# #13's targets, C loop, same run: (what, row, reference row, minimum ratio). Each is
+# checked for the primary handlers and again for the boots with threadirqs, whose rows
+# carry the suffix " [threadirqs]".
+TARGETS = [
+    ("vfiokit-pci alone >= 1.10x stock device-level alone",
+     "vfiokit-pci alone (line), unmask ioctl", "stock vfio-pci alone (device)", 1.10),
+    ("vfiokit-pci alone >= 1.0x stock nointxmask (line, exclusive)",
+     "vfiokit-pci alone (line), unmask ioctl", "stock vfio-pci, nointxmask, alone (line)", 1.0),
+    ("vfiokit-pci shared >= 1.05x stock shared",
+     "vfiokit-pci shared (device), unmask ioctl", "stock vfio-pci shared (device)", 1.05),
+    ("state path >= 0.97x the plain unmask at line level",
+     "vfiokit-pci alone (line), state + unmask", "vfiokit-pci alone (line), unmask ioctl", 0.97),
+    ("uio_pci_generic adaptive alone vs stock (report only)",
+     "uio_pci_generic adaptive alone (line)",
+     "stock uio_pci_generic alone (device), config write", 0.0),
+]  # fmt: skip
+THREADED = " [threadirqs]"
+
+
+def targets_table(by: dict[str, dict]) -> list[str]:
+    """One line per target and mode whose two rows were measured: the C loops' ratio and
+    whether it is met; a target without a minimum only reports its ratio."""
+    lines = ["| target | mode | C k/s | reference C k/s | ratio | |", "|---|---|---|---|---|---|"]
+    for what, row, ref, minimum in TARGETS:
+        for mode, suffix in (("primary", ""), ("threadirqs", THREADED)):
+            a = by.get(row + suffix)
+            b = by.get(ref + suffix)
+            if a is None or b is None:
+                continue
+            ratio = a["c"]["rate"] / b["c"]["rate"]
+            verdict = "-" if not minimum else "met" if ratio >= minimum else "**missed**"
+            lines.append(
+                f"| {what} | {mode} | {a['c']['rate'] / 1000:.1f} | "
+                f"{b['c']['rate'] / 1000:.1f} | {ratio:.2f}x | {verdict} |"
+            )
+    return lines
+
+
 def main(src: str, out_json: str, out_md: str) -> None:
     lines_in = [json.loads(x) for x in Path(src).read_text().splitlines() if x.strip()]
     rows = [r for r in lines_in if "case" in r]
@@ -67,13 +105,19 @@ def main(src: str, out_json: str, out_md: str) -> None:
     for r in rows:
         py, c = r["python"], r["c"]
         k = r.get("kernel_us") or {}
-        rel = f"{c['rate'] / base['c']['rate']:.2f}x" if base else "-"
+        ref = by.get("stock vfio-pci alone (device)" + (THREADED if r.get("threaded") else ""))
+        ref = ref or base
+        rel = f"{c['rate'] / ref['c']['rate']:.2f}x" if ref else "-"
+        cfg = r["config_accesses_per_irq"]
         lines.append(
             f"| {r['case']} | {py['rate'] / 1000:.1f} | {c['rate'] / 1000:.1f} | "
             f"{py['rate'] / c['rate']:.2f} | {rel} | {c['p50_us']:.1f} | {c['p99_us']:.1f} | "
-            f"{r['config_accesses_per_irq']:.1f} | {_us(k.get('mask'))} | "
+            f"{'-' if cfg is None else f'{cfg:.1f}'} | {_us(k.get('mask'))} | "
             f"{_us(k.get('unmask'))} | {_us(k.get('config_write'))} |"
         )
+    targets = targets_table(by)
+    if len(targets) > 2:
+        lines += ["", "Targets (#13), C loop, same run:", "", *targets]
     raw = next((r for r in rows if r.get("python_floor")), None)
     if raw:
         f = raw["python_floor"]

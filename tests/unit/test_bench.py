@@ -93,3 +93,35 @@ def test_report_adds_the_nvme_table_after_the_rest(tmp_path: Path) -> None:
     report.main(str(src), str(tmp_path / "intx.json"), str(tmp_path / "intx.md"))
     assert report.NVME_TITLE not in (tmp_path / "intx.md").read_text()
     assert json.loads((tmp_path / "intx.json").read_text())["nvme"] is None
+
+
+def _row(case: str, c_rate: float, threaded: bool = False) -> dict:
+    return {"case": case + (" [threadirqs]" if threaded else ""), "threaded": threaded,
+            "python": {"rate": 1.0, "p50_us": 1.0, "p99_us": 1.0},
+            "c": {"rate": c_rate, "p50_us": 1.0, "p99_us": 1.0},
+            "config_accesses_per_irq": None, "kernel_us": {}}  # fmt: skip
+
+
+def test_targets_table_judges_each_mode_against_its_own_reference() -> None:
+    by = {r["case"]: r for r in [
+        _row("vfiokit-pci alone (line), unmask ioctl", 110_000.0),
+        _row("stock vfio-pci alone (device)", 100_000.0),
+        _row("stock vfio-pci, nointxmask, alone (line)", 120_000.0),
+        _row("vfiokit-pci alone (line), unmask ioctl", 50_000.0, threaded=True),
+        _row("stock vfio-pci alone (device)", 40_000.0, threaded=True),
+        _row("uio_pci_generic adaptive alone (line)", 30_000.0),
+        _row("stock uio_pci_generic alone (device), config write", 20_000.0),
+    ]}  # fmt: skip
+    rows = [[c.strip() for c in x.strip("|").split("|")] for x in report.targets_table(by)[2:]]
+    assert rows == [
+        ["vfiokit-pci alone >= 1.10x stock device-level alone", "primary", "110.0", "100.0",
+         "1.10x", "met"],
+        ["vfiokit-pci alone >= 1.10x stock device-level alone", "threadirqs", "50.0", "40.0",
+         "1.25x", "met"],
+        # No threaded nointxmask run: that mode's line is left out, not judged against
+        # the primary run.
+        ["vfiokit-pci alone >= 1.0x stock nointxmask (line, exclusive)", "primary", "110.0",
+         "120.0", "0.92x", "**missed**"],
+        ["uio_pci_generic adaptive alone vs stock (report only)", "primary", "30.0", "20.0",
+         "1.50x", "-"],
+    ]  # fmt: skip

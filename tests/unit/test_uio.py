@@ -34,6 +34,11 @@ def host(tmp_path) -> FakeSys:
 
 def open_uio(host: FakeSys, dev: FakeUioDevice) -> tuple[UioDevice, FakeUioSyscalls]:
     dev.events += 7  # the count sysfs shows (tree()): earlier users' interrupts
+    attr = host.root / f"sys/bus/pci/devices/{BDF}/adaptive_intx"
+    if dev.irqcontrol:  # patch 0005's device attribute
+        attr.write_text("1\n" if dev.adaptive else "0\n")
+    elif attr.exists():
+        attr.unlink()
     sys = FakeUioSyscalls(dev)
     return UioDevice(BDF, sysroot=SysRoot(host.root), sys=sys), sys
 
@@ -55,23 +60,42 @@ def test_alone_the_line_is_held_and_released_by_irqcontrol(host: FakeSys) -> Non
     assert sys.open_fds == 0
 
 
-def test_shared_the_device_is_masked_and_unmasked_through_config(host: FakeSys) -> None:
+def test_shared_the_device_is_masked_and_the_write_unmasks_it(host: FakeSys) -> None:
     dev = FakeUioDevice()
     dev.set_sharer(True)
     udev, sys = open_uio(host, dev)
     with udev, udev.intx("state") as intx:
-        assert intx.mask_device() is True
+        assert intx.mask_device() is True and udev.adaptive is True
+        writes = dev.irqcontrol_writes
         dev.raise_irq()
         assert intx.wait(0) == 1 and dev.intx_disable and not dev.line_held
         dev.ack()
         assert intx.unmask() == "device" and not dev.intx_disable
-        intx.policy = "kernel"  # irqcontrol unmasks the device too
+        intx.policy = "kernel"
         dev.raise_irq()
         assert intx.wait(0) == 1 and dev.intx_disable
         dev.ack()
         assert intx.unmask() == "kernel" and not dev.intx_disable
         assert intx.counts == {"line": 0, "device": 1, "kernel": 1}
+        # Both through the write, never config space: only it undoes a held line too.
+        assert dev.irqcontrol_writes - writes == 2 and dev.config_writes == 0
     assert sys.open_fds == 0
+
+
+def test_both_masks_at_once_are_both_undone(host: FakeSys) -> None:
+    """Under threadirqs the handler thread masks the device while the line is shared, the
+    sharer leaves, and the thread's end holds the line too: the state read before the
+    sharer left says "device", and the unmask must still release the line."""
+    dev = FakeUioDevice()
+    dev.set_sharer(True)
+    udev, _ = open_uio(host, dev)
+    with udev, udev.intx("state") as intx:
+        dev.raise_irq()
+        assert intx.wait(0) == 1 and dev.intx_disable
+        dev.line_held = True  # the thread's hold, after the read the unmask makes
+        dev.ack()
+        assert intx.unmask() == "device"
+        assert not dev.line_held and not dev.intx_disable
 
 
 def test_hand_over_while_held_then_back_alone(host: FakeSys) -> None:
@@ -166,13 +190,43 @@ def test_refusals(tmp_path) -> None:
     assert sys.open_fds == 0
 
 
-def test_use_after_close_is_ebadf(host: FakeSys) -> None:
+def test_config_policy_only_where_the_device_is_masked_at_the_device(host: FakeSys) -> None:
+    udev, _ = open_uio(host, FakeUioDevice())
+    with udev, pytest.raises(InvalidArgument) as info:
+        udev.intx("config")
+    assert "held line" in str(info.value) and '"state"' in (info.value.remedy or "")
+    dev = FakeUioDevice(adaptive=False)
+    udev, sys = open_uio(host, dev)
+    with udev, udev.intx("config") as intx:
+        assert intx.adaptive is False
+        dev.raise_irq()
+        assert intx.wait(0) == 1 and dev.intx_disable
+        dev.ack()
+        writes = dev.irqcontrol_writes
+        assert intx.unmask() == "device" and not dev.intx_disable
+        assert dev.config_writes == 1 and dev.irqcontrol_writes == writes
+        with pytest.raises(InvalidArgument):
+            intx.policy = "line"
+    assert sys.open_fds == 0
+
+
+def test_wait_counts_every_interrupt_since_the_last(host: FakeSys) -> None:
+    dev = FakeUioDevice()
+    dev.set_sharer(True)
+    udev, _ = open_uio(host, dev)
+    with udev, udev.intx("kernel") as intx:
+        dev.raise_irq()
+        intx.unmask()  # still asserted: reported again
+        assert intx.wait(0) == 2
+
+
+def test_device_close_closes_its_intx_and_use_after_is_ebadf(host: FakeSys) -> None:
     udev, sys = open_uio(host, FakeUioDevice())
     intx = udev.intx()
     udev.close()
+    assert sys.open_fds == 0  # the Intx's own listener and state fds too
     with pytest.raises(VfiokitError) as info:
         intx.unmask()
     assert info.value.errno == errno.EBADF
     intx.close()
-    intx.close()
-    assert sys.open_fds == 0
+    udev.close()

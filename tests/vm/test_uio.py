@@ -10,10 +10,12 @@ second handler to the line at will.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,6 +99,7 @@ def test_alone_masks_at_the_line_and_irqcontrol_releases_it(topology) -> None:
         edu = Edu(dev)
         try:
             assert intx.irqcontrol and intx.mask_device() is False and mask_device(gsi) == 0
+            assert dev.adaptive is True
             before = h.irq_count(gsi)
             for _ in range(20):
                 edu.raise_()
@@ -123,6 +126,22 @@ def test_alone_masks_at_the_line_and_irqcontrol_releases_it(topology) -> None:
             assert intx.counts["kernel"] == 4
             edu.ack()
             intx.unmask()
+            # A write of 0 masks at the device; a write of 1 with the device asserting
+            # leaves it masked and reports the interrupt again (vfio-pci's rule).
+            fd = os.open(f"/dev/{dev.name}", os.O_RDWR)
+            try:
+                os.write(fd, struct.pack("=i", 0))
+                assert intx_disable(bdf)
+                edu.raise_()
+                assert intx.wait(0.3) == 0
+                os.write(fd, struct.pack("=i", 1))
+                assert intx.wait(2.0) == 1 and intx_disable(bdf)
+                assert "IRQS_LINE_HELD" not in irq_debug(gsi)[0]
+            finally:
+                os.close(fd)
+            edu.ack()
+            assert intx.unmask() == "line" and not intx_disable(bdf)
+            assert intx.wait(0.2) == 0
         finally:
             edu.release()
 
@@ -148,8 +167,8 @@ def test_hand_over_both_ways(topology) -> None:
                 assert intx.unmask() == "device" and not intx_disable(bdf)
                 for _ in range(10):
                     assert round_trip(edu, intx, bdf) == ("device", True, "device")
-                # Masked at the device when the sharer leaves: a stale "device" view
-                # still unmasks it (the line is not held).
+                # Masked at the device when the sharer leaves: the unmask after it
+                # reads "line" and must unmask the device all the same.
                 edu.raise_()
                 assert intx.wait(2.0) == 1 and h.wait_for(lambda: intx_disable(bdf), 2.0)
             assert mask_device(gsi) == 0
@@ -180,7 +199,10 @@ def test_irqcontrol_without_ack_refires_once_per_write(topology) -> None:
             finally:
                 os.close(fd)
             fired = h.irq_count(gsi) - before
-            assert 1 <= fired <= 200, fired
+            threaded = "threadirqs" in Path("/proc/cmdline").read_text().split()
+            # One interrupt per write; with the handler a thread, a write may come before
+            # the last one's hold (an early release: no interrupt for it).
+            assert fired == 200 or (threaded and 1 <= fired <= 200), fired
             seen = [0]
 
             def all_reported() -> bool:  # a forced thread may report the last one later
@@ -195,16 +217,37 @@ def test_irqcontrol_without_ack_refires_once_per_write(topology) -> None:
             edu.release()
 
 
-def test_unbind_while_held_gives_the_line_back(topology) -> None:
+def test_unbind_while_held_leaves_the_device_masked(topology) -> None:
+    """Unbound with its line held and the device still asserting, the device must be left
+    masked at the device: alone it never was, and once another driver shares the line an
+    unmasked asserting device would storm it with interrupts nobody handles."""
     gsi, bdf = topology.by_name("edu_alone").gsi, topology.by_name("edu_alone").address
     mounted(DEBUGFS, "debugfs")
-    with uio_bound(bdf, adaptive=True) as dev, dev.intx() as intx:
-        edu = Edu(dev)
-        edu.raise_()
-        assert intx.wait(2.0) == 1 and "IRQS_LINE_HELD" in irq_debug(gsi)[0]
-        edu.release()
-    # Unbound with the line held and the device asserting (uio_bound acked it first):
-    # bound again, the line works.
+    PARAM.write_text("1")
+    try:
+        res = vfiokit("bind", bdf, "--driver", "uio_pci_generic")
+        assert res.returncode == 0, res.stderr
+        try:
+            with UioDevice(bdf) as dev, dev.intx() as intx:
+                edu = Edu(dev)
+                edu.ack()
+                edu.raise_()
+                assert intx.wait(2.0) == 1 and "IRQS_LINE_HELD" in irq_debug(gsi)[0]
+                assert not intx_disable(bdf)
+                edu.release()
+        finally:
+            res = vfiokit("unbind", bdf)
+            assert res.returncode == 0, res.stderr
+        assert h.driver_of(bdf) is None
+        assert intx_disable(bdf), "left asserting an unmasked interrupt"
+        before = h.irq_count(gsi)
+        with sharer(gsi):
+            time.sleep(0.5)
+            assert h.irq_count(gsi) - before < 5, "the sharer's line storms"
+    finally:
+        PARAM.write_text("0")
+        quiet(bdf)
+    # Bound again, it works.
     with uio_bound(bdf, adaptive=True) as dev, dev.intx("state") as intx:
         edu = Edu(dev)
         try:
@@ -214,17 +257,37 @@ def test_unbind_while_held_gives_the_line_back(topology) -> None:
             edu.release()
 
 
+def quiet(bdf: str) -> None:
+    """Ack edu without a driver (BAR0 through sysfs) and clear INTx Disable again."""
+    fd = os.open(f"/sys/bus/pci/devices/{bdf}/resource0", os.O_RDWR | os.O_SYNC)
+    try:
+        with mmap.mmap(fd, 4096) as m:
+            m[h.EDU_IRQ_ACK : h.EDU_IRQ_ACK + 4] = b"\xff\xff\xff\xff"
+    finally:
+        os.close(fd)
+    cfg = os.open(f"/sys/bus/pci/devices/{bdf}/config", os.O_RDWR)
+    try:
+        hi = os.pread(cfg, 1, 5)[0]
+        os.pwrite(cfg, bytes([hi & ~0x04]), 5)
+    finally:
+        os.close(cfg)
+
+
 def test_stock_mode_masks_at_the_device(topology) -> None:
     gsi, bdf = topology.by_name("edu_alone").gsi, topology.by_name("edu_alone").address
     with uio_bound(bdf, adaptive=False) as dev, dev.intx("state") as intx:
         edu = Edu(dev)
         try:
             assert intx.mask_device() is True and mask_device(gsi) == 1
+            assert dev.adaptive is False
             for _ in range(5):
                 assert round_trip(edu, intx, bdf) == ("device", True, "device")
             intx.policy = "kernel"  # the new irqcontrol unmasks the device as well
             for _ in range(5):
                 assert round_trip(edu, intx, bdf) == ("device", True, "kernel")
-            assert intx.counts == {"line": 0, "device": 5, "kernel": 5}
+            intx.policy = "config"  # the stock protocol: through sysfs config
+            for _ in range(5):
+                assert round_trip(edu, intx, bdf) == ("device", True, "device")
+            assert intx.counts == {"line": 0, "device": 10, "kernel": 5}
         finally:
             edu.release()

@@ -10,12 +10,15 @@ it is alone on it, at the device (INTx Disable) while the line is shared. Withou
 patch, the interrupt is re-enabled the stock way, by clearing INTx Disable through the
 device's sysfs config file.
 
-Policies, as for Intx: "kernel" writes 1 to ``/dev/uioN`` and the kernel unmasks what is
-masked (or, on a kernel without irqcontrol, clears INTx Disable); "state" reads the line's
-``/sys/kernel/irq/N/mask_device`` first and clears INTx Disable itself when the device
-was masked (set: the line is shared), else writes 1 (the line is held for this device).
-A stale read is safe either way: the write undoes both masks, and a line shared since
-the interrupt was handed over by the kernel.
+Policies: "state" (the default, as for Intx) reads the line's
+``/sys/kernel/irq/N/mask_device`` to say how the interrupt was masked ("line" or
+"device") and writes 1 to ``/dev/uioN``; "kernel" only writes 1; "config" is the stock
+protocol, INTx Disable cleared through sysfs config, refused for a device masked
+adaptively (``/sys/bus/pci/devices/BDF/adaptive_intx`` is 1), where it would never release
+a held line. Every unmask goes through the write where the kernel has it: the write undoes
+both masks, which can both be in effect after a sharer came or went (a handler thread
+under threadirqs masks the device, then the core holds the line too), so no user space
+choice between them is safe. On a kernel without irqcontrol every policy is "config".
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import errno as E
 import mmap
 import os
 import struct
+import weakref
 from collections.abc import Iterator
 
 from ..errors import Busy, InvalidArgument, NotFound, Unsupported, VfiokitError
@@ -32,7 +36,7 @@ from ..sysroot import SysRoot
 from .sys import RealUioSyscalls, UioSyscalls
 
 DRIVER = "uio_pci_generic"
-POLICIES = ("kernel", "state")
+POLICIES = ("state", "kernel", "config")
 _COMMAND_HI = 5  # the command register's high byte: INTx Disable is its bit 2
 _INTX_DISABLE_HI = 0x04
 _ON = struct.pack("=i", 1)  # irqcontrol takes a native s32
@@ -41,7 +45,7 @@ _EVENT = struct.Struct("=I")  # a read returns the event count so far, a native 
 
 class UioDevice:
     """An open uio_pci_generic device: ``/dev/uioN`` for its maps, sysfs config for its
-    command register. Close it (or use ``with``); its Intx objects are closed first."""
+    command register. Close it (or use ``with``); its UioIntx objects are closed first."""
 
     def __init__(self, address: str, *, sysroot: SysRoot | None = None,
                  sys: UioSyscalls | None = None):  # fmt: skip
@@ -65,6 +69,7 @@ class UioDevice:
         self._dev_path = str(self.sysroot.path(f"/dev/{self.name}"))
         self._config_path = str(self.sysroot.path(f"{base}/config"))
         self._maps: list[mmap.mmap] = []
+        self._intxs: weakref.WeakSet[UioIntx] = weakref.WeakSet()
         self.fd = self.sys.open(self._dev_path, os.O_RDWR)
         try:
             self.config_fd = self.sys.open(self._config_path, os.O_RDWR)
@@ -83,14 +88,25 @@ class UioDevice:
         self._maps.append(m)
         return memoryview(m)
 
-    def intx(self, policy: str = "kernel") -> UioIntx:
-        return UioIntx(self, policy)
+    @property
+    def adaptive(self) -> bool | None:
+        """Whether the kernel masks this device adaptively (patch 0005's device attribute,
+        fixed when the device was bound); None on a kernel without it."""
+        value = self.sysroot.read(f"/sys/bus/pci/devices/{self.address}/adaptive_intx")
+        return None if value is None else value.strip() == "1"
+
+    def intx(self, policy: str = "state") -> UioIntx:
+        intx = UioIntx(self, policy)
+        self._intxs.add(intx)
+        return intx
 
     def close(self) -> None:
         """Close the fds and drop the maps; a second close does nothing. A map whose view
         is still held stays mapped until the view goes, and close() raises Busy then."""
         if self.fd < 0:
             return
+        for intx in list(self._intxs):
+            intx.close()
         held = 0
         for m in self._maps:
             try:
@@ -99,8 +115,10 @@ class UioDevice:
                 held += 1
         self._maps.clear()
         fds, self.fd, self.config_fd = (self.fd, self.config_fd), -1, -1
-        for fd in fds:
-            self.sys.close(fd)
+        try:
+            self.sys.close(fds[0])
+        finally:
+            self.sys.close(fds[1])
         if held:
             raise Busy(f"{self.address}: {held} map(s) still have views in use",
                        remedy="release() the views before close()")  # fmt: skip
@@ -115,15 +133,16 @@ class UioDevice:
 class UioIntx:
     """The device's INTx through uio_pci_generic; enabled (unmasked) on creation."""
 
-    def __init__(self, device: UioDevice, policy: str = "kernel"):
+    def __init__(self, device: UioDevice, policy: str = "state"):
         if not device.irq:
             raise Unsupported(f"{device.address} has no INTx (no interrupt pin or line)")
         if device.fd < 0:
             raise VfiokitError(f"{device.address} is closed", errno=E.EBADF)
-        _check(policy)
         self.device = device
-        self._policy = policy
-        self.counts = {"line": 0, "device": 0, "kernel": 0}
+        self.adaptive = device.adaptive
+        self._policy = "state"
+        self.policy = policy
+        self._counts = {"line": 0, "device": 0, "kernel": 0}
         sys = device.sys
         # A listener of its own: the kernel counts events per open file.
         self.fd = sys.open(device._dev_path, os.O_RDWR)
@@ -152,8 +171,21 @@ class UioIntx:
 
     @policy.setter
     def policy(self, value: str) -> None:
-        _check(value)
+        if value not in POLICIES:
+            raise InvalidArgument(f"unknown policy {value!r}",
+                                  remedy=f"one of {', '.join(POLICIES)}")  # fmt: skip
+        if value == "config" and self.adaptive:
+            raise InvalidArgument(
+                f"{self.device.address} is masked adaptively: clearing INTx Disable through "
+                "config space would never release a held line",
+                remedy='use policy "state" or "kernel" (the write to /dev/uioN)',
+            )
         self._policy = value
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Unmasks so far by how: "line", "device", "kernel" (a snapshot)."""
+        return dict(self._counts)
 
     def mask_device(self) -> bool | None:
         """The line's IRQD_MASK_DEVICE (True: shared, masked at the device); None on a
@@ -178,17 +210,18 @@ class UioIntx:
         return n
 
     def unmask(self) -> str:
-        """Re-enable the interrupt after handling the device; returns how: "kernel"
-        (irqcontrol decided), "line" (irqcontrol, the line was held) or "device" (INTx
-        Disable cleared through config space)."""
+        """Re-enable the interrupt after handling the device; returns how: "line" or
+        "device" (policy "state": how the line's state says it was masked; the write to
+        /dev/uioN undoes either), "kernel" (the write, nothing read) or "device" through
+        config space (policy "config", or a kernel without irqcontrol)."""
         self._check_open()
-        if not self.irqcontrol:
+        if not self.irqcontrol or self._policy == "config":
             return self._unmask_config()
-        if self._policy == "state" and self.mask_device():
-            return self._unmask_config()
+        how = "kernel"
+        if self._policy == "state" and self._state_fd >= 0:
+            how = "device" if self.mask_device() else "line"
         self.device.sys.write(self.fd, _ON)
-        how = "line" if self._policy == "state" and self._state_fd >= 0 else "kernel"
-        self.counts[how] += 1
+        self._counts[how] += 1
         return how
 
     def interrupts(self) -> Iterator[int]:
@@ -200,7 +233,7 @@ class UioIntx:
 
     def _unmask_config(self) -> str:
         self._clear_intx_disable()
-        self.counts["device"] += 1
+        self._counts["device"] += 1
         return "device"
 
     def _clear_intx_disable(self) -> None:
@@ -217,10 +250,13 @@ class UioIntx:
                                errno=E.EBADF)  # fmt: skip
 
     def _close_fds(self) -> None:
-        for fd in (self.fd, self._state_fd):
-            if fd >= 0:
-                self.device.sys.close(fd)
-        self.fd = self._state_fd = -1
+        fds, self.fd, self._state_fd = (self.fd, self._state_fd), -1, -1
+        try:
+            if fds[0] >= 0:
+                self.device.sys.close(fds[0])
+        finally:
+            if fds[1] >= 0:
+                self.device.sys.close(fds[1])
 
     def close(self) -> None:
         """Close this listener; the interrupt stays as it is. A second close does nothing."""
@@ -231,8 +267,3 @@ class UioIntx:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _check(policy: str) -> None:
-    if policy not in POLICIES:
-        raise InvalidArgument(f"unknown policy {policy!r}", remedy=f"one of {', '.join(POLICIES)}")

@@ -134,7 +134,7 @@ class FakeUioSyscalls:
         if kind == "config":
             space = bytearray(256)
             space[5] = 0x04 if self.dev.intx_disable else 0
-            space[7] = 0x01 if self.dev.asserted else 0  # STATUS: Interrupt Status is bit 3
+            space[6] = 0x08 if self.dev.asserted else 0  # STATUS bit 3: Interrupt Status
             return bytes(space[offset : offset + size])
         raise VfiokitError("pread", errno=E.EINVAL)
 

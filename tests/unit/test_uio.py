@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 
 import pytest
 
@@ -230,3 +231,17 @@ def test_device_close_closes_its_intx_and_use_after_is_ebadf(host: FakeSys) -> N
     assert info.value.errno == errno.EBADF
     intx.close()
     udev.close()
+
+
+def test_unclosed_objects_warn_and_give_their_fds_back(host: FakeSys) -> None:
+    udev, sys = open_uio(host, FakeUioDevice())
+    intx = udev.intx()
+    assert sys.open_fds == 4  # the device's /dev/uio0 and config, the Intx's two
+    with pytest.warns(ResourceWarning, match="unclosed UioIntx"):
+        del intx
+        gc.collect()
+    assert sys.open_fds == 2
+    with pytest.warns(ResourceWarning, match="unclosed UioDevice"):
+        del udev
+        gc.collect()
+    assert sys.open_fds == 0

@@ -28,6 +28,7 @@ import errno as E
 import mmap
 import os
 import struct
+import warnings
 import weakref
 from collections.abc import Iterator
 
@@ -122,6 +123,10 @@ class UioDevice:
         if held:
             raise Busy(f"{self.address}: {held} map(s) still have views in use",
                        remedy="release() the views before close()")  # fmt: skip
+
+    def __del__(self) -> None:
+        _warn_unclosed(self, self.sys if hasattr(self, "sys") else None,
+                       [getattr(self, "fd", -1), getattr(self, "config_fd", -1)])  # fmt: skip
 
     def __enter__(self) -> UioDevice:
         return self
@@ -262,8 +267,25 @@ class UioIntx:
         """Close this listener; the interrupt stays as it is. A second close does nothing."""
         self._close_fds()
 
+    def __del__(self) -> None:
+        device = getattr(self, "device", None)
+        _warn_unclosed(self, device.sys if device is not None else None,
+                       [getattr(self, "fd", -1), getattr(self, "_state_fd", -1)])  # fmt: skip
+
     def __enter__(self) -> UioIntx:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _warn_unclosed(obj: object, sys: UioSyscalls | None, fds: list[int]) -> None:
+    """For __del__ of an object never closed: a ResourceWarning, then its fds closed (as
+    vfiokit.vfio does)."""
+    fds = [fd for fd in fds if fd >= 0]
+    if not fds or sys is None:
+        return
+    warnings.warn(f"unclosed {type(obj).__name__}", ResourceWarning, source=obj, stacklevel=2)
+    for fd in fds:
+        with contextlib.suppress(BaseException):  # a finalizer has nobody to raise to
+            sys.close(fd)

@@ -15,7 +15,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -230,10 +229,10 @@ def test_irqcontrol_without_ack_refires_once_per_write(topology) -> None:
 def test_unbind_while_held_leaves_the_device_masked(topology) -> None:
     """Unbound with its line held and the device still asserting, the device must be left
     masked at the device: alone it never was, and once another driver shares the line an
-    unmasked asserting device would storm it with interrupts nobody handles. edu_a: its GSI
-    stays allocated after the unbind (the e1000 on it is enabled, its interface down), so
-    the sharer can take the line then."""
-    gsi, bdf = topology.by_name("edu_a").gsi, topology.by_name("edu_a").address
+    unmasked asserting device storms it with interrupts nobody handles. (The storm itself is
+    not shown: edu_alone's GSI is freed with the unbind, and on a shared GSI the other
+    devices' state is up to the tests before this one.)"""
+    gsi, bdf = topology.by_name("edu_alone").gsi, topology.by_name("edu_alone").address
     mounted(DEBUGFS, "debugfs")
     PARAM.write_text("1")
     try:
@@ -243,6 +242,7 @@ def test_unbind_while_held_leaves_the_device_masked(topology) -> None:
             with UioDevice(bdf) as dev, dev.intx() as intx:
                 edu = Edu(dev)
                 try:
+                    assert mask_device(gsi) == 0, Path(f"/sys/kernel/irq/{gsi}/actions").read_text()
                     edu.ack()
                     edu.raise_()
                     assert intx.wait(2.0) == 1 and held(gsi)
@@ -254,10 +254,6 @@ def test_unbind_while_held_leaves_the_device_masked(topology) -> None:
             assert res.returncode == 0, res.stderr
         assert h.driver_of(bdf) is None
         assert intx_disable(bdf), "left asserting an unmasked interrupt"
-        before = h.irq_count(gsi)
-        with sharer(gsi):
-            time.sleep(0.5)
-            assert h.irq_count(gsi) - before < 5, "the sharer's line storms"
     finally:
         PARAM.write_text("0")
         quiet(bdf)
